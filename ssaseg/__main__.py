@@ -1,0 +1,3 @@
+from ssaseg.cli import main
+
+raise SystemExit(main())

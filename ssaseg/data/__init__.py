@@ -1,0 +1,1 @@
+"""Datasets: catalog -> download -> prepare (common on-disk layout) -> torch Dataset."""

@@ -1,0 +1,1 @@
+"""Train, evaluate and profile a Segmentor."""

@@ -1,0 +1,1 @@
+"""Backbone -> head -> classifier, composed by :class:`ssaseg.models.segmentor.Segmentor`."""

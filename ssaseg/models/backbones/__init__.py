@@ -1,0 +1,13 @@
+"""Backbones by name: a dict from name to constructor (see base.py for the contract)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ssaseg.models.backbones.timm_backbone import TimmBackbone
+
+BACKBONES: dict[str, Callable[..., nn.Module]] = {
+    "timm": TimmBackbone,
+}
