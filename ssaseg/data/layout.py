@@ -65,7 +65,7 @@ def read_meta(root: str | Path) -> DatasetMeta:
     return DatasetMeta(**json.loads(path.read_text()))
 
 
-def split_items(root: Path, split: str) -> list[tuple[str, str]]:
+def split_items(root: Path, split: str) -> list[list[str]]:
     """(image, label) paths relative to ``root`` for every image of ``split``, sorted by id."""
     image_dir, label_dir = root / split / "images", root / split / "labels"
     items = []
@@ -73,7 +73,7 @@ def split_items(root: Path, split: str) -> list[tuple[str, str]]:
         label = label_dir / f"{image.stem}.png"
         if not label.is_file():
             raise DatasetError(f"label map {label} for image {image} is missing")
-        items.append((str(image.relative_to(root)), str(label.relative_to(root))))
+        items.append([str(image.relative_to(root)), str(label.relative_to(root))])
     return items
 
 

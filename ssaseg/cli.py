@@ -1,0 +1,229 @@
+"""``python -m ssaseg <step>``: one sub-command per pipeline step, each usable without Snakemake.
+
+    python -m ssaseg config   --params params/default.yaml [RUN]    print the resolved config
+    python -m ssaseg prepare  --params params/default.yaml --dataset synthetic
+    python -m ssaseg init-tracking --params params/default.yaml
+    python -m ssaseg train    --params params/default.yaml RUN
+    python -m ssaseg evaluate --params params/default.yaml RUN
+    python -m ssaseg profile  --params params/default.yaml RUN
+    python -m ssaseg report   --params params/default.yaml
+
+RUN is ``--dataset D --model M --classifier C --seed S``. ``--params`` may be repeated: later
+files override earlier ones. Errors in the inputs end with a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from ssaseg.config import ConfigError, RunConfig, all_runs, load_params, resolve_run
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _params(args) -> dict:
+    return load_params(args.params)
+
+
+def _run(args) -> RunConfig:
+    return resolve_run(_params(args), args.dataset, args.model, args.classifier, args.seed)
+
+
+def cmd_config(args) -> int:
+    params = _params(args)
+    if args.model:
+        print(yaml.safe_dump(resolve_run(params, args.dataset, args.model, args.classifier,
+                                         args.seed).to_dict(), sort_keys=False), end="")
+    else:
+        print(yaml.safe_dump(params, sort_keys=False), end="")
+        print(f"# {len(all_runs(params))} runs: (dataset, model, classifier, seed) =")
+        for run in all_runs(params):
+            print(f"#   {run}")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from ssaseg.data.prepare import prepare_dataset
+
+    params = _params(args)
+    if args.dataset not in params["datasets"]:
+        raise ConfigError(f"datasets: {args.dataset!r} is not in this params file; it has: "
+                          f"{list(params['datasets'])}")
+    manifest = prepare_dataset(args.dataset, Path(params["raw_dir"]) / args.dataset,
+                               Path(params["data_dir"]) / args.dataset,
+                               **params["datasets"][args.dataset]["options"])
+    counts = {split: entry["count"] for split, entry in manifest["splits"].items()}
+    print(f"prepared {args.dataset} in {Path(params['data_dir']) / args.dataset}: {counts}")
+    return 0
+
+
+def cmd_init_tracking(args) -> int:
+    from ssaseg.tracking import init_store
+
+    params = _params(args)
+    init_store(params["tracking"]["uri"])
+    if args.marker:
+        Path(args.marker).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.marker).write_text(params["tracking"]["uri"] + "\n")
+    print(f"tracking store ready: {params['tracking']['uri']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from ssaseg.engine.train import train
+
+    cfg = _run(args)
+    path = train(cfg, progress=not args.no_progress)
+    print(f"trained {cfg.run_name}: {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from ssaseg import atomic_io
+    from ssaseg.data.dataset import SegmentationDataset
+    from ssaseg.engine.device import select_device
+    from ssaseg.engine.evaluate import evaluate
+    from ssaseg.engine.train import MODEL_FILE, load_trained
+    from ssaseg.report import EVAL_FILE
+    from ssaseg.tracking import RunTracker
+
+    cfg = _run(args)
+    torch.set_num_threads(cfg.evaluate.threads)
+    device = select_device(cfg.evaluate.device)
+    run_dir = Path(cfg.run_dir)
+    model, state = load_trained(run_dir / MODEL_FILE, device)
+    dataset = SegmentationDataset(cfg.dataset.root, "val")
+    metrics, cm = evaluate(model, dataset, device, cfg.evaluate.mode, cfg.evaluate.crop_size,
+                           cfg.evaluate.stride, progress=not args.no_progress)
+    classes = dataset.meta.classes
+    per_class = run_dir / "per_class_iou.csv"
+    rows = ["class,iou,accuracy"] + [f"{c},{i:.6f},{a:.6f}"
+                                     for c, i, a in zip(classes, metrics.iou, metrics.accuracy)]
+    atomic_io.write_text(per_class, "\n".join(rows) + "\n")
+    atomic_io.write_text(run_dir / "confusion_matrix.csv",
+                         "\n".join(",".join(map(str, r)) for r in cm.tolist()) + "\n")
+    result = {
+        "run": {"dataset": cfg.dataset.name, "model": cfg.model, "classifier": cfg.classifier,
+                "seed": cfg.seed},
+        "miou": metrics.miou, "macc": metrics.macc, "pixel_accuracy": metrics.pixel_accuracy,
+        "mode": cfg.evaluate.mode, "num_images": len(dataset),
+        "per_class": [{"class": c, "iou": i, "accuracy": a}
+                      for c, i, a in zip(classes, metrics.iou, metrics.accuracy)],
+        "config_hash": state["config"] and resolve_run(_params(args), args.dataset, args.model,
+                                                         args.classifier, args.seed).config_hash(),
+    }
+    tracker = RunTracker(cfg.tracking_uri, run_dir)
+    tracker.log_metrics({"miou": metrics.miou, "macc": metrics.macc,
+                         "pixel_accuracy": metrics.pixel_accuracy,
+                         **{f"iou/{c}": v for c, v in zip(classes, metrics.iou) if v == v}})
+    tracker.log_artifact(per_class)
+    tracker.log_artifact(run_dir / "confusion_matrix.csv")
+    atomic_io.write_json(run_dir / EVAL_FILE, result)
+    tracker.log_artifact(run_dir / EVAL_FILE)
+    tracker.finish()
+    print(f"{cfg.run_name}: mIoU {100 * metrics.miou:.2f}  aAcc {100 * metrics.pixel_accuracy:.2f}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from ssaseg import atomic_io
+    from ssaseg.data.layout import read_meta
+    from ssaseg.engine.device import select_device
+    from ssaseg.engine.profile import profile_model
+    from ssaseg.models.zoo import build_segmentor
+    from ssaseg.report import PROFILE_FILE
+    from ssaseg.tracking import RunTracker
+
+    cfg = _run(args)
+    meta = read_meta(cfg.dataset.root)
+    num_classes = cfg.profile.num_classes or meta.num_classes
+    model = build_segmentor(cfg.model, cfg.classifier, num_classes, meta.ignore_index,
+                            cfg.classifier_params)
+    result = profile_model(model, cfg.profile.input_size, select_device(cfg.profile.device),
+                           cfg.profile.warmup, cfg.profile.repeats, cfg.profile.threads,
+                           cfg.profile.precision)
+    result["conditions"]["num_classes"] = num_classes
+    run_dir = Path(cfg.run_dir)
+    atomic_io.write_json(run_dir / PROFILE_FILE, result)
+    tracker = RunTracker(cfg.tracking_uri, run_dir)
+    tracker.log_metrics({k: v for k, v in result.items() if isinstance(v, (int, float))})
+    tracker.set_tags({f"profile.{k}": v for k, v in result["conditions"].items()})
+    tracker.log_artifact(run_dir / PROFILE_FILE)
+    tracker.finish()
+    print(f"{cfg.run_name}: {result['params_total'] / 1e6:.2f} M params, "
+          f"{result['flops_full'] / 1e9:.2f} GFLOPs (full), "
+          f"{result['latency_ms_median']:.1f} ms ({result['conditions']['device']})")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from ssaseg.config import run_dir
+    from ssaseg.report import build_report
+
+    params = _params(args)
+    out_dir = Path(args.out_dir or Path(params["reports_dir"]) / params["name"])
+    runs = [run_dir(params, *run) for run in all_runs(params)]
+    published = Path(params["published"]) if params.get("published") else None
+    changed = build_report(runs, out_dir, published)
+    print(f"report in {out_dir}: {len(changed)} file(s) changed"
+          + (f" ({', '.join(p.name for p in changed)})" if changed else ""))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m ssaseg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name, func, help_text, run=False, dataset=False):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--params", action="append", required=True, metavar="YAML",
+                       help="params file (repeatable; later files override earlier ones)")
+        if run or dataset:
+            p.add_argument("--dataset", required=run or dataset)
+        if run:
+            p.add_argument("--model", required=True)
+            p.add_argument("--classifier", required=True)
+            p.add_argument("--seed", type=int, required=True)
+            p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.set_defaults(func=func)
+        return p
+
+    p = add("config", cmd_config, "print the validated params, or one run's resolved config")
+    p.add_argument("--dataset")
+    p.add_argument("--model")
+    p.add_argument("--classifier")
+    p.add_argument("--seed", type=int)
+    add("prepare", cmd_prepare, "write a dataset in the common layout", dataset=True)
+    p = add("init-tracking", cmd_init_tracking, "create the MLflow store before parallel jobs")
+    p.add_argument("--marker", help="file to write once the store exists")
+    add("train", cmd_train, "train one run (resumes from its last checkpoint)", run=True)
+    add("evaluate", cmd_evaluate, "evaluate one trained run on the val split", run=True)
+    add("profile", cmd_profile, "params, FLOPs, latency, memory of one run's model", run=True)
+    p = add("report", cmd_report, "tables and plots from every run of a params file")
+    p.add_argument("--out-dir", help="default: <reports_dir>/<name>")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "config" and args.model and None in (args.dataset, args.classifier, args.seed):
+        print("error: config for one run needs --dataset, --model, --classifier and --seed",
+              file=sys.stderr)
+        return 2
+    from ssaseg.data.layout import DatasetError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DatasetError, KeyError, FileNotFoundError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return 2

@@ -1,0 +1,321 @@
+"""One validated config object per experiment run, built from plain YAML in params/.
+
+A params file (schema: workflow/schemas/params.schema.yaml) lists datasets, models, classifiers
+and seeds; :func:`resolve_run` picks one (dataset, model, classifier, seed), applies the one
+override layer (``model_overrides``), fills defaults, validates, and returns a frozen
+:class:`RunConfig`. Every bad key or value is reported with its path before any work starts.
+
+    python -m ssaseg config --params params/default.yaml --dataset synthetic \
+        --model segformer_b0 --classifier linear --seed 0     # print the resolved config
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "params.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A params file is invalid; the message names the file and the key."""
+
+
+def load_schema() -> dict:
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def _validator_filling_defaults(schema: dict) -> jsonschema.protocols.Validator:
+    """A Draft 2020-12 validator that also writes each property's ``default`` into the instance
+    (the same behaviour as ``snakemake.utils.validate(..., set_default=True)``)."""
+    base = jsonschema.Draft202012Validator
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for key, sub in properties.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from base.VALIDATORS["properties"](validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})(schema)
+
+
+def _format_error(error: jsonschema.ValidationError, source: str) -> str:
+    key = ".".join(str(p) for p in error.absolute_path) or "<top level>"
+    return f"{source}: {key}: {error.message}"
+
+
+def validate_params(params: dict, source: str = "params") -> dict:
+    """Validate a params mapping against the schema, filling defaults in place; returns it."""
+    if not isinstance(params, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(params).__name__}")
+    for section in ("datasets", "classifiers"):  # `name:` with nothing after it means {}
+        if isinstance(params.get(section), dict):
+            params[section] = {k: v if v is not None else {} for k, v in params[section].items()}
+    validator = _validator_filling_defaults(load_schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
+    if errors:
+        raise ConfigError("\n".join(_format_error(e, source) for e in errors[:10]))
+    _check_names(params, source)
+    return params
+
+
+def _check_names(params: dict, source: str) -> None:
+    """Unknown model, classifier or dataset names, listing the known ones."""
+    from ssaseg.data.prepare import PREPARERS
+    from ssaseg.models.classifiers import CLASSIFIERS
+    from ssaseg.models.zoo import MODELS
+
+    for key, names, known in (
+        ("models", params["models"], MODELS),
+        ("classifiers", list(params["classifiers"]), CLASSIFIERS),
+        ("datasets", list(params["datasets"]), PREPARERS),
+        ("model_overrides", list(params.get("model_overrides", {})), MODELS),
+    ):
+        for name in names:
+            if name not in known:
+                raise ConfigError(
+                    f"{source}: {key}: unknown name {name!r}; known: {', '.join(sorted(known))}"
+                )
+    for name, clf_params in params["classifiers"].items():
+        accepted = set(inspect.signature(CLASSIFIERS[name]).parameters) - {
+            "in_channels", "num_classes", "ignore_index", "self",
+        }
+        unknown = sorted(set(clf_params) - accepted)
+        if unknown:
+            raise ConfigError(
+                f"{source}: classifiers.{name}: unknown parameter(s) {unknown}; "
+                f"{name} accepts: {', '.join(sorted(accepted))}"
+            )
+
+
+def _deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_params(paths: list[str | Path] | str | Path) -> dict:
+    """Read one or more params YAML files (later files override earlier ones), validated."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise ConfigError("no params file given; pass --params params/default.yaml")
+    merged: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"params file {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        merged = _deep_merge(merged, data)
+    return validate_params(merged, source=" + ".join(str(p) for p in paths))
+
+
+# --------------------------------------------------------------------------- run config objects
+
+
+@dataclass(frozen=True)
+class OptimizerConfig:
+    name: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    betas: tuple[float, float]
+    head_lr_mult: float
+    norm_weight_decay: float
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    warmup_iters: int
+    warmup_ratio: float
+    power: float
+    min_lr: float
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    iters: int
+    batch_size: int
+    pretrained: bool
+    optimizer: OptimizerConfig
+    schedule: ScheduleConfig
+    amp: str
+    grad_clip: float | None
+    checkpoint_every: int
+    log_every: int
+    device: str
+    num_workers: int
+    threads: int
+    gpus: int
+    sync_bn: bool
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    mode: str
+    crop_size: tuple[int, int]
+    stride: tuple[int, int]
+    device: str
+    threads: int
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    input_size: tuple[int, int]
+    num_classes: int | None
+    warmup: int
+    repeats: int
+    threads: int
+    device: str
+    precision: str
+
+
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str
+    root: str
+    raw_dir: str
+    options: dict[str, Any]
+    crop_size: tuple[int, int]
+    scale_range: tuple[float, float]
+    base_size: tuple[int, int] | None
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    experiment: str
+    dataset: DatasetConfig
+    model: str
+    classifier: str
+    classifier_params: dict[str, Any]
+    seed: int
+    train: TrainConfig
+    evaluate: EvalConfig
+    profile: ProfileConfig
+    tracking_uri: str
+    weights_dir: str
+    run_dir: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.model}/{self.classifier}/seed{self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def config_hash(self) -> str:
+        """Hash of everything that changes the trained model (not paths, not the tracking URI)."""
+        relevant = self.to_dict()
+        for key in ("run_dir", "tracking_uri", "weights_dir", "evaluate", "profile", "extra"):
+            relevant.pop(key)
+        relevant["dataset"].pop("root")
+        relevant["dataset"].pop("raw_dir")
+        relevant["train"] = {k: v for k, v in relevant["train"].items()
+                             if k not in ("device", "num_workers", "threads", "log_every",
+                                          "checkpoint_every")}
+        blob = json.dumps(relevant, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def run_dir(params: dict, dataset: str, model: str, classifier: str, seed: int) -> Path:
+    return Path(params["results_dir"]) / params["name"] / dataset / model / classifier / f"seed{seed}"
+
+
+def resolve_run(params: dict, dataset: str, model: str, classifier: str, seed: int) -> RunConfig:
+    """The validated config of one run of a (validated) params mapping."""
+    for key, value, known in (
+        ("datasets", dataset, list(params["datasets"])),
+        ("models", model, params["models"]),
+        ("classifiers", classifier, list(params["classifiers"])),
+        ("seeds", seed, params["seeds"]),
+    ):
+        if value not in known:
+            raise ConfigError(f"{key}: {value!r} is not part of this params file; it has: {known}")
+    sections = {k: params[k] for k in ("train", "evaluate", "profile")}
+    overrides = params.get("model_overrides", {}).get(model, {})
+    sections = _deep_merge(sections, overrides)
+    schema = load_schema()["properties"]
+    for key, section in sections.items():
+        validator = _validator_filling_defaults(schema[key])
+        errors = list(validator.iter_errors(section))
+        if errors:
+            raise ConfigError(
+                "\n".join(_format_error(e, f"model_overrides.{model}.{key}") for e in errors)
+            )
+    ds = params["datasets"][dataset]
+    train = sections["train"]
+    return RunConfig(
+        experiment=params["name"],
+        dataset=DatasetConfig(
+            name=dataset,
+            root=str(Path(params["data_dir"]) / dataset),
+            raw_dir=str(Path(params["raw_dir"]) / dataset),
+            options=dict(ds["options"]),
+            crop_size=tuple(ds["crop_size"]),
+            scale_range=tuple(ds["scale_range"]),
+            base_size=tuple(ds["base_size"]) if ds["base_size"] else None,
+        ),
+        model=model,
+        classifier=classifier,
+        classifier_params=dict(params["classifiers"][classifier]),
+        seed=seed,
+        train=TrainConfig(
+            **{k: v for k, v in train.items() if k not in ("optimizer", "schedule")},
+            optimizer=OptimizerConfig(**{**train["optimizer"], "betas": tuple(train["optimizer"]["betas"])}),
+            schedule=ScheduleConfig(**train["schedule"]),
+        ),
+        evaluate=EvalConfig(
+            mode=ds["eval"]["mode"],
+            crop_size=tuple(ds["eval"]["crop_size"]),
+            stride=tuple(ds["eval"]["stride"]),
+            **sections["evaluate"],
+        ),
+        profile=ProfileConfig(**{**sections["profile"], "input_size": tuple(sections["profile"]["input_size"])}),
+        tracking_uri=params["tracking"]["uri"],
+        weights_dir=params["weights_dir"],
+        run_dir=str(run_dir(params, dataset, model, classifier, seed)),
+    )
+
+
+def all_runs(params: dict) -> list[tuple[str, str, str, int]]:
+    """Every (dataset, model, classifier, seed) of a params mapping, in a stable order."""
+    return [
+        (d, m, c, s)
+        for d in params["datasets"]
+        for m in params["models"]
+        for c in params["classifiers"]
+        for s in params["seeds"]
+    ]
+
+
+def run_config_from_dict(data: dict) -> RunConfig:
+    """Rebuild a RunConfig from :meth:`RunConfig.to_dict` (e.g. stored in a checkpoint)."""
+    t = data["train"]
+    return RunConfig(
+        **{k: v for k, v in data.items() if k not in ("dataset", "train", "evaluate", "profile")},
+        dataset=DatasetConfig(**{**data["dataset"],
+                                 "crop_size": tuple(data["dataset"]["crop_size"]),
+                                 "scale_range": tuple(data["dataset"]["scale_range"]),
+                                 "base_size": tuple(data["dataset"]["base_size"]) if data["dataset"]["base_size"] else None}),
+        train=TrainConfig(**{**t, "optimizer": OptimizerConfig(**{**t["optimizer"], "betas": tuple(t["optimizer"]["betas"])}),
+                             "schedule": ScheduleConfig(**t["schedule"])}),
+        evaluate=EvalConfig(**{**data["evaluate"], "crop_size": tuple(data["evaluate"]["crop_size"]),
+                               "stride": tuple(data["evaluate"]["stride"])}),
+        profile=ProfileConfig(**{**data["profile"], "input_size": tuple(data["profile"]["input_size"])}),
+    )

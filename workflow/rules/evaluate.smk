@@ -1,0 +1,18 @@
+# Evaluation on the val split: confusion-matrix mIoU, per-class IoU, pixel accuracy.
+
+
+rule evaluate_model:
+    input:
+        model=rules.train_model.output.model,
+    output:
+        metrics=f"{RUN}/eval.json",
+        per_class=f"{RUN}/per_class_iou.csv",
+    params:
+        params=PARAMS_ARGS,
+    log:
+        RUN_LOG.replace("{step}", "evaluate"),
+    threads: PARAMS["evaluate"]["threads"]
+    resources:
+        **rule_resources("evaluate_model"),
+    shell:
+        f"python -m ssaseg evaluate {{params.params}} {RUN_ARGS} --no-progress > {{log}} 2>&1"

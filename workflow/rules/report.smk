@@ -1,0 +1,24 @@
+# Report: Markdown/CSV tables and PNG plots over every run of the params file.
+
+
+localrules:
+    build_report,
+
+
+rule build_report:
+    input:
+        metrics=run_files(rules.evaluate_model.output.metrics),
+        profiles=run_files(rules.profile_model.output.profile),
+        train_logs=run_files(rules.train_model.output.train_log),
+    output:
+        summary=f"{REPORTS}/summary.md",
+        table=f"{REPORTS}/summary.csv",
+        latency_plot=f"{REPORTS}/miou_vs_latency.png",
+        loss_plot=f"{REPORTS}/loss_curves.png",
+    params:
+        params=PARAMS_ARGS,
+        out_dir=REPORTS,
+    log:
+        f"{LOGS}/build_report.log",
+    shell:
+        "python -m ssaseg report {params.params} --out-dir {params.out_dir} > {log} 2>&1"
