@@ -1,7 +1,10 @@
 """``python -m ssaseg <step>``: one sub-command per pipeline step, each usable without Snakemake.
 
     python -m ssaseg config   --params params/default.yaml [RUN]    print the resolved config
+    python -m ssaseg download --params params/ade20k.yaml --dataset ade20k
     python -m ssaseg prepare  --params params/default.yaml --dataset synthetic
+    python -m ssaseg fetch-weights --params params/ade20k.yaml     ImageNet backbones -> weights/
+    python -m ssaseg version-data --params params/default.yaml     dvc add data/ + dvc push
     python -m ssaseg init-tracking --params params/default.yaml
     python -m ssaseg train    --params params/default.yaml RUN
     python -m ssaseg evaluate --params params/default.yaml RUN
@@ -48,14 +51,63 @@ def cmd_config(args) -> int:
     return 0
 
 
+def _dataset_in(params: dict, dataset: str) -> None:
+    if dataset not in params["datasets"]:
+        raise ConfigError(f"datasets: {dataset!r} is not in this params file; it has: "
+                          f"{list(params['datasets'])}")
+
+
+def cmd_download(args) -> int:
+    from ssaseg.data.download import download_archive, download_dataset
+
+    params = _params(args)
+    _dataset_in(params, args.dataset)
+    raw_dir = Path(params["raw_dir"]) / args.dataset
+    if args.archive:
+        paths = [download_archive(args.dataset, args.archive, raw_dir, mirror=args.mirror,
+                                  progress=not args.no_progress)]
+    else:
+        paths = download_dataset(args.dataset, raw_dir, mirror=args.mirror,
+                                 progress=not args.no_progress)
+    for path in paths:
+        print(f"verified {path}")
+    return 0
+
+
+def cmd_version_data(args) -> int:
+    from ssaseg.data.versioning import add_remote, version_data
+
+    params = _params(args)
+    dvc = params["dvc"]
+    if args.remote_url:
+        add_remote(dvc["remote"], args.remote_url, ".", default=True)
+    path = version_data(".", dvc["remote"], data_dir=params["data_dir"], push=not args.no_push)
+    print(f"recorded {params['data_dir']} in {path}" + ("" if args.no_push else
+                                                       f", pushed to remote {dvc['remote']!r}"))
+    return 0
+
+
+def cmd_fetch_weights(args) -> int:
+    from ssaseg.weights import fetch_weights, weights_for_model
+
+    params = _params(args)
+    names = args.name or sorted({weights_for_model(m) for m in params["models"]})
+    for name in names:
+        path = fetch_weights(name, params["weights_dir"], progress=not args.no_progress)
+        print(f"verified {path}")
+    return 0
+
+
 def cmd_prepare(args) -> int:
+    from ssaseg.data.download import verify_archives
     from ssaseg.data.prepare import prepare_dataset
 
     params = _params(args)
-    if args.dataset not in params["datasets"]:
-        raise ConfigError(f"datasets: {args.dataset!r} is not in this params file; it has: "
-                          f"{list(params['datasets'])}")
-    manifest = prepare_dataset(args.dataset, Path(params["raw_dir"]) / args.dataset,
+    _dataset_in(params, args.dataset)
+    raw_dir = Path(params["raw_dir"]) / args.dataset
+    if args.dataset != "synthetic":  # archives placed by hand are checked here too
+        verify_archives(args.dataset, raw_dir)
+    manifest = prepare_dataset(args.dataset, raw_dir,
                                Path(params["data_dir"]) / args.dataset,
                                **params["datasets"][args.dataset]["options"])
     counts = {split: entry["count"] for split, entry in manifest["splits"].items()}
@@ -76,10 +128,14 @@ def cmd_init_tracking(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ssaseg.engine.train import train
+    from ssaseg.engine.train import PREEMPTED_EXIT_CODE, Preempted, train
 
     cfg = _run(args)
-    path = train(cfg, progress=not args.no_progress)
+    try:
+        path = train(cfg, progress=not args.no_progress)
+    except Preempted as exc:  # SIGTERM/SIGUSR1: checkpoint written, re-run to resume
+        print(f"preempted {cfg.run_name}: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
     print(f"trained {cfg.run_name}: {path}")
     return 0
 
@@ -138,7 +194,7 @@ def cmd_profile(args) -> int:
     from ssaseg.data.layout import read_meta
     from ssaseg.engine.device import select_device
     from ssaseg.engine.profile import profile_model
-    from ssaseg.models.zoo import build_segmentor
+    from ssaseg.models.zoo import build_segmentor, model_spec
     from ssaseg.report import PROFILE_FILE
     from ssaseg.tracking import RunTracker
 
@@ -149,7 +205,7 @@ def cmd_profile(args) -> int:
                             cfg.classifier_params)
     result = profile_model(model, cfg.profile.input_size, select_device(cfg.profile.device),
                            cfg.profile.warmup, cfg.profile.repeats, cfg.profile.threads,
-                           cfg.profile.precision)
+                           cfg.profile.precision, model_spec(cfg.model).mmcv_uncounted)
     result["conditions"]["num_classes"] = num_classes
     run_dir = Path(cfg.run_dir)
     atomic_io.write_json(run_dir / PROFILE_FILE, result)
@@ -202,7 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model")
     p.add_argument("--classifier")
     p.add_argument("--seed", type=int)
+    p = add("download", cmd_download, "fetch and verify a dataset's archives", dataset=True)
+    p.add_argument("--archive", help="one archive file name (default: all of the dataset's)")
+    p.add_argument("--mirror", help="base URL serving the archives under their file names")
+    p.add_argument("--no-progress", action="store_true")
     add("prepare", cmd_prepare, "write a dataset in the common layout", dataset=True)
+    p = add("fetch-weights", cmd_fetch_weights, "download and verify pretrained backbones")
+    p.add_argument("--name", action="append",
+                   help="checkpoint or model name (repeatable; default: every model's)")
+    p.add_argument("--no-progress", action="store_true")
+    p = add("version-data", cmd_version_data, "dvc add data/ and push it to the params' remote")
+    p.add_argument("--remote-url", help="configure the remote at this URL first")
+    p.add_argument("--no-push", action="store_true", help="only record data.dvc")
     p = add("init-tracking", cmd_init_tracking, "create the MLflow store before parallel jobs")
     p.add_argument("--marker", help="file to write once the store exists")
     add("train", cmd_train, "train one run (resumes from its last checkpoint)", run=True)

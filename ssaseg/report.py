@@ -9,7 +9,6 @@ side. Outputs are rewritten only when their content changes.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import math
@@ -41,9 +40,8 @@ def collect(run_dirs: list[Path]) -> pd.DataFrame:
             **ev["run"],
             "miou": 100 * ev["miou"], "pixel_accuracy": 100 * ev["pixel_accuracy"],
             "params_m": pr["params_total"] / 1e6,
-            "params_inference_m": (pr["params_total"] - pr["params_classifier"]
-                                   + pr.get("params_classifier_inference", pr["params_classifier"])) / 1e6,
-            "gflops_mmcv": pr["flops_mmcv"] / 1e9 if "flops_mmcv" in pr else math.nan,
+            "params_deployed_m": pr["params_deployed"] / 1e6,
+            "gflops_mmcv": pr["flops_mmcv"] / 1e9,
             "gflops_full": pr["flops_full"] / 1e9,
             "latency_ms": pr["latency_ms_median"],
             "latency_conditions": _conditions(pr["conditions"]),
@@ -64,7 +62,7 @@ def summarise(runs: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.D
     table = grouped.agg(
         seeds=("seed", "count"), miou=("miou", "median"),
         miou_per_seed=("miou", lambda s: " / ".join(f"{v:.2f}" for v in s)),
-        params_m=("params_inference_m", "first"), gflops_mmcv=("gflops_mmcv", "first"),
+        params_m=("params_deployed_m", "first"), gflops_mmcv=("gflops_mmcv", "first"),
         gflops_full=("gflops_full", "first"), latency_ms=("latency_ms", "median"),
     ).reset_index()
     linear = table[table.classifier == "linear"].set_index(["dataset", "model"])["miou"]
@@ -96,8 +94,8 @@ def _markdown(table: pd.DataFrame, conditions: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
-        "mIoU in %, median over seeds. Params: inference-time parameters (training-only "
-        "branches excluded). GFLOPs (mmcv): the papers' convention, one multiply-add = one FLOP, "
+        "mIoU in %, median over seeds. Params: the parameters an inference pass uses "
+        "(SSA's training-only teacher excluded, as the published tables count). GFLOPs (mmcv): the papers' convention, one multiply-add = one FLOP, "
         "attention matrix products not counted; GFLOPs (full): torch.utils.flop_counter, "
         "2 FLOPs per multiply-add, everything counted.",
         "Latency conditions: " + "; ".join(sorted(set(conditions))) + ".",

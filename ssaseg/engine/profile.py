@@ -15,21 +15,17 @@ import torch
 from torch import nn
 
 from ssaseg.engine.device import autocast
-from ssaseg.engine.flops import count_flops_full
-
-
-def count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
+from ssaseg.engine.flops import count_flops_full, count_flops_mmcv, count_params
 
 
 def params_by_part(model: nn.Module) -> dict[str, int]:
-    """Parameters of backbone, head and classifier; the classifier's inference-only share too."""
-    parts = {f"params_{name}": count_params(getattr(model, name))
+    """Trainable parameters of backbone, head and classifier, all of them (``params_total``)
+    and those an inference pass uses (``params_deployed``: SSA's teacher left out), the way the
+    published tables count them."""
+    parts = {f"params_{name}": count_params(getattr(model, name), deployed=False)
              for name in ("backbone", "head", "classifier")}
-    parts["params_total"] = count_params(model)
-    inference = getattr(model.classifier, "inference_parameters", None)
-    if callable(inference):  # e.g. SSA's teacher branch is training-only
-        parts["params_classifier_inference"] = sum(p.numel() for p in inference())
+    parts["params_total"] = count_params(model, deployed=False)
+    parts["params_deployed"] = count_params(model, deployed=True)
     return parts
 
 
@@ -71,20 +67,20 @@ def peak_memory_mb(model: nn.Module, images: torch.Tensor) -> tuple[float, str]:
 
 
 def profile_model(model: nn.Module, input_size: tuple[int, int], device: torch.device,
-                  warmup: int, repeats: int, threads: int, precision: str = "fp32") -> dict:
-    """Every cost figure of ``model`` with the conditions it was measured under."""
+                  warmup: int, repeats: int, threads: int, precision: str = "fp32",
+                  mmcv_uncounted: tuple[str, ...] = ()) -> dict:
+    """Every cost figure of ``model`` with the conditions it was measured under.
+
+    ``mmcv_uncounted``: module-name patterns the reference's mmcv count could not see
+    (:attr:`ssaseg.models.zoo.ModelSpec.mmcv_uncounted`).
+    """
     if device.type == "cpu":
         torch.set_num_threads(threads)
     model = model.to(device).eval()
     images = torch.randn(1, 3, *input_size, device=device)
     result: dict = dict(params_by_part(model))
     result["flops_full"] = count_flops_full(model, images)
-    try:
-        from ssaseg.engine.flops import count_flops_mmcv
-    except ImportError:
-        count_flops_mmcv = None
-    if count_flops_mmcv is not None:
-        result["flops_mmcv"] = count_flops_mmcv(model, images)
+    result["flops_mmcv"] = count_flops_mmcv(model, images, mmcv_uncounted)
     times = measure_latency(model, images, warmup, repeats, precision)
     result.update(
         latency_ms_median=statistics.median(times),

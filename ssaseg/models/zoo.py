@@ -25,19 +25,105 @@ class ModelSpec:
     head_kwargs: dict[str, Any] = field(default_factory=dict)
     aux_loss_weight: float = 0.4
     description: str = ""
+    # module-name patterns (fnmatch, relative to the Segmentor) that the *reference*
+    # implementation runs inside code mmcv's FLOP counter cannot see (see engine/flops.py)
+    mmcv_uncounted: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelSpec] = {
-    "segformer_b0": ModelSpec(
-        backbone="timm", backbone_kwargs=dict(model_name="pvt_v2_b0"),
-        head="all_mlp", head_kwargs=dict(channels=256),
-        description="SegFormer-B0: MiT-B0 (timm pvt_v2_b0) + all-MLP head",
-    ),
     "fcn_resnet18": ModelSpec(
         backbone="timm",
         backbone_kwargs=dict(model_name="resnet18", output_stride=8, out_indices=(1, 2, 3, 4)),
         head="fcn", head_kwargs=dict(channels=128, num_convs=2),
         description="FCN on a dilated (output stride 8) ResNet-18, a small CNN baseline",
+    ),
+    **{
+        f"segformer_b{i}": ModelSpec(
+            backbone="timm",
+            backbone_kwargs=dict(
+                model_name=f"pvt_v2_b{i}", mlp_ratios=(4, 4, 4, 4), drop_path_rate=0.1
+            ),
+            head="all_mlp", head_kwargs=dict(channels=256),
+            # mmseg's MiT hides q/kv/out projections in nn.MultiheadAttention
+            mmcv_uncounted=("backbone.*.attn.q", "backbone.*.attn.kv", "backbone.*.attn.proj"),
+            description=f"SegFormer-B{i}: MiT-B{i} (timm pvt_v2_b{i} with MiT's MLP ratio 4) "
+            "+ all-MLP head (256 channels, as in the reference configs)",
+        )
+        for i in range(6)
+    },
+    **{
+        f"upernet_swin_{size[0]}": ModelSpec(
+            backbone="timm",
+            backbone_kwargs=dict(
+                model_name=f"swin_{size}_patch4_window7_224", strict_img_size=False,
+                pad_to_multiple=32, drop_path_rate=0.3,
+            ),
+            head="uper", head_kwargs=dict(channels=512, aux_in_index=2, aux_channels=256),
+            description=f"UPerNet-Swin-{size[0].upper()}: Swin-{size[0].upper()} (window 7, any "
+            "input size) + UPerNet (PPM + FPN, 512 channels) + auxiliary FCN on stage 3",
+        )
+        for size in ("tiny", "large")
+    },
+    **{
+        f"ocrnet_hrnet_w{width}": ModelSpec(
+            backbone="timm",
+            backbone_kwargs=dict(
+                model_name=f"hrnet_w{width}", feature_location="", out_indices=(1, 2, 3, 4),
+                pad_to_multiple=32,
+            ),
+            head="ocr", head_kwargs=dict(channels=512, ocr_channels=256),
+            description=f"OCRNet-HRNet-W{width}: HRNetV2-W{width} + OCR head (soft object "
+            "regions as auxiliary logits)",
+        )
+        for width in (18, 48)
+    },
+    "fcn_resnet101": ModelSpec(
+        backbone="timm",
+        backbone_kwargs=dict(model_name="resnet101c", output_stride=8, out_indices=(1, 2, 3, 4)),
+        head="fcn",
+        head_kwargs=dict(channels=512, num_convs=2, concat_input=True, aux_in_index=2),
+        description="FCN-ResNet101-D8: ResNet-101-V1c (deep stem, dilated, output stride 8) + "
+        "FCN head (512) + auxiliary FCN on stage 3",
+    ),
+    **{
+        f"cgrseg_{size}": ModelSpec(
+            backbone="timm",
+            backbone_kwargs=dict(
+                model_name=f"efficientformerv2_{arch}", img_size=512, out_indices=(1, 2, 3),
+                dynamic_size=True, pad_to_multiple=32, freeze_bn_stats=True,
+                drop_path_rate=drop_path,
+            ),
+            head="cgr",
+            head_kwargs=dict(
+                channels=256, band_kernel=kernel, neck_band_kernel=kernel, neck_repeat=repeat
+            ),
+            description=f"CGRSeg-{size.upper()}: EfficientFormerV2-{arch.upper()} (any input "
+            "size) + CGR head",
+        )
+        for size, arch, drop_path, kernel, repeat in (
+            ("b", "s2", 0.02, 11, 6), ("l", "l", 0.1, 9, 5)
+        )
+    },
+    "segnext_t": ModelSpec(
+        backbone="mscan", backbone_kwargs=dict(arch="tiny", drop_path_rate=0.1),
+        head="light_ham",
+        head_kwargs=dict(in_index=(1, 2, 3), channels=256, ham_channels=256, rank=16),
+        description="SegNeXt-T: MSCAN-T (ours) + LightHam head (NMF, rank 16)",
+    ),
+    "seaformer_b": ModelSpec(
+        backbone="seaformer", backbone_kwargs=dict(arch="base", drop_path_rate=0.1),
+        head="seaformer_light", head_kwargs=dict(embed_dims=(128, 160), channels=160),
+        description="SeaFormer-B (ours) + SeaFormer light head",
+    ),
+    "seaformer_l": ModelSpec(
+        backbone="seaformer", backbone_kwargs=dict(arch="large", drop_path_rate=0.1),
+        head="seaformer_light", head_kwargs=dict(embed_dims=(128, 160, 192), channels=192),
+        description="SeaFormer-L (ours) + SeaFormer light head",
+    ),
+    "afformer_b": ModelSpec(
+        backbone="afformer", backbone_kwargs=dict(arch="base"),
+        head="afformer", head_kwargs=dict(in_index=-1, channels=256),
+        description="AFFormer-B (ours) + AFFormer's single ConvGNReLU head",
     ),
 }
 

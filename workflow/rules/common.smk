@@ -1,9 +1,14 @@
 # Validate the params before any rule is defined, and build the target lists.
 import copy
+import os
+import re
+import sys
 
 from snakemake.utils import validate
 
 from ssaseg.config import all_runs, validate_params
+from ssaseg.data.download import archive_paths
+from ssaseg.weights import CATALOG as WEIGHTS_CATALOG, weights_for_model, weights_path
 
 
 validate(config, schema="../schemas/params.schema.yaml", set_default=True)
@@ -14,8 +19,10 @@ DATA = PARAMS["data_dir"]
 RESULTS = f"{PARAMS['results_dir']}/{NAME}"
 REPORTS = f"{PARAMS['reports_dir']}/{NAME}"
 LOGS = f"logs/{NAME}"
-RUN = RESULTS + "/{dataset}/{model}/{classifier}/seed{seed}"
-RUN_LOG = LOGS + "/{step}/{dataset}/{model}/{classifier}/seed{seed}.log"
+RUN = f"{RESULTS}/{{dataset}}/{{model}}/{{classifier}}/seed{{seed}}"
+RUN_LOG = f"{LOGS}/{{step}}/{{dataset}}/{{model}}/{{classifier}}/seed{{seed}}.log"
+WEIGHTS_BY_FILE = {spec.filename: name for name, spec in WEIGHTS_CATALOG.items()}
+PYTHON = sys.executable  # the interpreter running Snakemake, i.e. the one with ssaseg installed
 # Every step gets the same params files Snakemake was given, in the same order.
 PARAMS_ARGS = " ".join(f"--params {f}" for f in workflow.configfiles)
 RUN_ARGS = (
@@ -32,8 +39,10 @@ wildcard_constraints:
 
 
 def rule_resources(rule_name):
-    """Per-rule resources from the params' `resources:` section (used by the Slurm profile)."""
-    return dict(PARAMS.get("resources", {}).get(rule_name, {}))
+    """Per-rule resources from the params' `resources:` section (used by the Slurm profile);
+    null values are left out (not requested)."""
+    section = PARAMS.get("resources", {}).get(rule_name, {})
+    return {key: value for key, value in section.items() if value is not None}
 
 
 def run_files(pattern):
@@ -42,6 +51,24 @@ def run_files(pattern):
         pattern.format(dataset=d, model=m, classifier=c, seed=s)
         for d, m, c, s in all_runs(PARAMS)
     ]
+
+
+def dataset_archives(wildcards):
+    """The raw archives a dataset is prepared from (none for the synthetic dataset)."""
+    return ancient(archive_paths(wildcards.dataset, f"{PARAMS['raw_dir']}/{wildcards.dataset}"))
+
+
+def model_weights(wildcards):
+    """The pretrained backbone a run starts from, if the params ask for one."""
+    if not resolve_run_train(wildcards.model)["pretrained"]:
+        return []
+    return [str(weights_path(weights_for_model(wildcards.model), PARAMS["weights_dir"]))]
+
+
+def resolve_run_train(model):
+    """The train section of a model's runs (model_overrides applied)."""
+    override = PARAMS.get("model_overrides", {}).get(model, {}).get("train", {})
+    return {**PARAMS["train"], **override}
 
 
 def get_final_output():

@@ -8,6 +8,7 @@ rule evaluate_model:
         metrics=f"{RUN}/eval.json",
         per_class=f"{RUN}/per_class_iou.csv",
     params:
+        python=PYTHON,
         params=PARAMS_ARGS,
     log:
         RUN_LOG.replace("{step}", "evaluate"),
@@ -15,4 +16,4 @@ rule evaluate_model:
     resources:
         **rule_resources("evaluate_model"),
     shell:
-        f"python -m ssaseg evaluate {{params.params}} {RUN_ARGS} --no-progress > {{log}} 2>&1"
+        f"{{params.python}} -m ssaseg evaluate {{params.params}} {RUN_ARGS} --no-progress > {{log}} 2>&1"

@@ -8,6 +8,7 @@ rule profile_model:
     output:
         profile=f"{RUN}/profile.json",
     params:
+        python=PYTHON,
         params=PARAMS_ARGS,
     log:
         RUN_LOG.replace("{step}", "profile"),
@@ -15,4 +16,4 @@ rule profile_model:
     resources:
         **rule_resources("profile_model"),
     shell:
-        f"python -m ssaseg profile {{params.params}} {RUN_ARGS} > {{log}} 2>&1"
+        f"{{params.python}} -m ssaseg profile {{params.params}} {RUN_ARGS} > {{log}} 2>&1"

@@ -6,8 +6,14 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ssaseg.models.backbones.afformer import AFFormer
+from ssaseg.models.backbones.mscan import MSCAN
+from ssaseg.models.backbones.seaformer import SeaFormer
 from ssaseg.models.backbones.timm_backbone import TimmBackbone
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "timm": TimmBackbone,
+    "mscan": MSCAN,
+    "seaformer": SeaFormer,
+    "afformer": AFFormer,
 }
