@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssaseg.models.backbones.checkpoint import load_mapped_state_dict, read_state_dict
+from ssaseg.models.backbones.weight_init import init_backbone_weights
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
 
 declare_missing_torchvision_ops()
@@ -329,21 +330,10 @@ class AFFormer(nn.Module):
         self.out_strides: list[int] = [
             4 * math.prod(local_strides[: i + 1]) for i in range(len(dims))
         ]
-        self._init_weights()
+        init_backbone_weights(self, linear_std=0.02)
         if weights is not None:
             self.load_pretrained(weights)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(images)  # (B, C_0, H/4, W/4)

@@ -10,7 +10,6 @@ loads after one rename (the MLP's depthwise convolution is not wrapped in a subm
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from ssaseg.models.backbones.checkpoint import load_mapped_state_dict, read_state_dict
+from ssaseg.models.backbones.weight_init import init_backbone_weights
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
 
 declare_missing_torchvision_ops()
@@ -172,17 +172,10 @@ class MSCAN(nn.Module):
             setattr(self, f"norm{i + 1}", nn.LayerNorm(dim))  # over channels, as the official
         self.out_channels: list[int] = list(spec.embed_dims)
         self.out_strides: list[int] = [4, 8, 16, 32]
-        self._init_weights()
+        init_backbone_weights(self)
         if weights is not None:
             self.load_pretrained(weights)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = images  # (B, 3, H, W)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssaseg.models.backbones.checkpoint import load_mapped_state_dict, read_state_dict
+from ssaseg.models.backbones.weight_init import init_backbone_weights
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
 
 declare_missing_torchvision_ops()
@@ -301,17 +302,10 @@ class SeaFormer(nn.Module):
                 self.add_module(f"trans{t + 1}", BasicLayer(blocks))
                 self.out_channels.append(spec.emb_dims[t])
                 self.out_strides.append(stride)
-        self._init_weights()
+        init_backbone_weights(self)
         if weights is not None:
             self.load_pretrained(weights)
 
-    def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
-                nn.init.normal_(m.weight, std=math.sqrt(2.0 / fan_out))
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = images  # (B, 3, H, W)
