@@ -103,6 +103,38 @@ CATALOG: dict[str, WeightsSpec] = {
         description="EfficientFormerV2-L ImageNet-1k (snap-research's eformer_l_450.pth, "
         "as converted by timm)",
     ),
+    "resnet18_a1": WeightsSpec(
+        url=f"{_HF}/resnet18.a1_in1k/resolve/main/model.safetensors",
+        filename="resnet18.a1_in1k.safetensors",
+        description="ResNet-18 ImageNet-1k (timm's a1 recipe)",
+    ),
+    "mscan_t": WeightsSpec(
+        url=f"{_OPENMMLAB}/mmsegmentation/v0.5/pretrain/segnext/mscan_t_20230227-119e8c9f.pth",
+        filename="mscan_t_20230227-119e8c9f.pth", sha256_prefix="119e8c9f",
+        description="MSCAN-T ImageNet-1k (SegNeXt's release, converted by mmsegmentation)",
+    ),
+    # SeaFormer and AFFormer publish their ImageNet checkpoints on Google Drive / Baidu only.
+    "seaformer_b_cls": WeightsSpec(
+        url=None, filename="SeaFormer_B_cls_76.4.pth",
+        description="SeaFormer-B ImageNet-1k, the authors' release",
+        manual="download SeaFormer_B_cls_76.4.pth from the ImageNet table of "
+        "https://github.com/fudan-zvg/SeaFormer (Google Drive: "
+        "https://drive.google.com/file/d/1pTqkYXmEfGuRD2119vWikwd68lGNo8Lx/view)",
+    ),
+    "seaformer_l_cls": WeightsSpec(
+        url=None, filename="SeaFormer_L_cls_79.9.pth",
+        description="SeaFormer-L ImageNet-1k, the authors' release",
+        manual="download SeaFormer_L_cls_79.9.pth from the ImageNet table of "
+        "https://github.com/fudan-zvg/SeaFormer (Google Drive: "
+        "https://drive.google.com/file/d/1FYyCHV1deCs02ims2Y-NybAMlo_a5o2p/view)",
+    ),
+    "afformer_b_in1k": WeightsSpec(
+        url=None, filename="AFFormer_base_ImageNet1k.pth",
+        description="AFFormer-B ImageNet-1k, the authors' release",
+        manual="download AFFormer_base_ImageNet1k.pth from the pretrained-weights folder of "
+        "https://github.com/dongbo811/AFFormer (Google Drive: "
+        "https://drive.google.com/drive/folders/1Mru24qPdta9o8aLn1RwT8EapiQCih1Sw)",
+    ),
     # The authors' own files, which CGRSeg's configs name; Google Drive only.
     "efficientformerv2_s2_official": WeightsSpec(
         url=None, filename="eformer_s2_450.pth",
@@ -129,6 +161,11 @@ MODEL_WEIGHTS: dict[str, str] = {
     "fcn_resnet101": "resnet101_v1c",
     "cgrseg_b": "efficientformerv2_s2",
     "cgrseg_l": "efficientformerv2_l",
+    "fcn_resnet18": "resnet18_a1",
+    "segnext_t": "mscan_t",
+    "seaformer_b": "seaformer_b_cls",
+    "seaformer_l": "seaformer_l_cls",
+    "afformer_b": "afformer_b_in1k",
 }
 
 
