@@ -158,6 +158,7 @@ MODEL_WEIGHTS: dict[str, str] = {
     "upernet_swin_l": "swin_large_in22k",
     "ocrnet_hrnet_w18": "hrnetv2_w18",
     "ocrnet_hrnet_w48": "hrnetv2_w48",
+    "hrnet_w48": "hrnetv2_w48",
     "fcn_resnet101": "resnet101_v1c",
     "cgrseg_b": "efficientformerv2_s2",
     "cgrseg_l": "efficientformerv2_l",

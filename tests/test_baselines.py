@@ -1,7 +1,7 @@
 """Every timm-backbone baseline x every registered classifier: forward, losses, backward, and
 ``predict`` at the label's size, on a tiny input.
 
-The large variants (Swin-L, HRNet-W48, MiT-B1..B5, EfficientFormerV2-L) share their code path
+The large variants (Swin-L, HRNet-W48 with OCR or the plain head, MiT-B1..B5, EfficientFormerV2-L) share their code path
 with a smaller sibling that runs for real here; they are built and run on the meta device
 (shapes only), and their sizes are checked in test_model_sizes.py.
 """
@@ -19,7 +19,7 @@ NUM_CLASSES = 5
 REAL = ["segformer_b0", "upernet_swin_t", "ocrnet_hrnet_w18", "fcn_resnet101", "cgrseg_b"]
 # built on the meta device only: same code as their REAL sibling, too slow on 2 CPU cores
 META = ["segformer_b1", "segformer_b2", "segformer_b3", "segformer_b4", "segformer_b5",
-        "upernet_swin_l", "ocrnet_hrnet_w48", "cgrseg_l"]
+        "upernet_swin_l", "ocrnet_hrnet_w48", "hrnet_w48", "cgrseg_l"]
 WITH_AUX = {"upernet_swin_t", "ocrnet_hrnet_w18", "fcn_resnet101", "cgrseg_b"}
 
 
@@ -101,3 +101,20 @@ def test_freeze_bn_stats_keeps_running_statistics() -> None:
     seg(*_batch())
     assert not bn.training and torch.equal(bn.running_mean, before)
     assert any(m.training for m in seg.head.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_hrnet_concat_head_on_tiny_features() -> None:
+    """ProtoSeg's HRNet-W48 head (hrnet_w48 runs on meta above): four branches at strides
+    4..32 -> concatenated at the finest (sum of widths) -> 3x3 conv + BN + ReLU, one feature."""
+    from ssaseg.models.heads import HEADS
+
+    widths, strides = [4, 8, 16, 32], [4, 8, 16, 32]
+    head = HEADS["hrnet_concat"](in_channels=widths, in_strides=strides, num_classes=NUM_CLASSES)
+    assert head.out_channels == sum(widths)
+    features = [torch.randn(2, c, 64 // s, 96 // s) for c, s in zip(widths, strides)]
+    out = head.train()(features)
+    assert out.aux_logits is None
+    assert out.feature.shape == (2, sum(widths), 16, 24)
+    assert (out.feature >= 0).all()  # ends at the ReLU: no classification in the head
+    out.feature.sum().backward()
+    assert all(p.grad is not None for p in head.parameters())

@@ -42,7 +42,7 @@ PAPER_TABLES = {
     "ade20k.yaml": ("ade20k", SSA_GENERAL + SSA_LIGHT + ["cgrseg_b", "cgrseg_l"], SSA_LINEAR),
     "coco_stuff10k.yaml": ("coco_stuff10k", SSA_GENERAL + SSA_LIGHT, SSA_LINEAR),
     "pascal_context59.yaml": ("pascal_context59", SSA_GENERAL + SSA_LIGHT, SSA_LINEAR),
-    "cityscapes_protoseg.yaml": ("cityscapes", ["fcn_resnet101", "ocrnet_hrnet_w48"],
+    "cityscapes_protoseg.yaml": ("cityscapes", ["hrnet_w48", "fcn_resnet101", "ocrnet_hrnet_w48"],
                                  ["linear", "protoseg"]),
 }
 # (iterations, crop (h, w), batch, profiled input, classes) per table

@@ -77,6 +77,16 @@ MODELS: dict[str, ModelSpec] = {
         )
         for width in (18, 48)
     },
+    "hrnet_w48": ModelSpec(
+        backbone="timm",
+        backbone_kwargs=dict(
+            model_name="hrnet_w48", feature_location="", out_indices=(1, 2, 3, 4),
+            pad_to_multiple=32,
+        ),
+        head="hrnet_concat",
+        description="HRNet-W48 as in ProtoSeg's Cityscapes table: HRNetV2-W48 + plain head (4 "
+        "branches upsampled and concatenated, 720 channels -> 3x3 conv + BN + ReLU, 720)",
+    ),
     "fcn_resnet101": ModelSpec(
         backbone="timm",
         backbone_kwargs=dict(model_name="resnet101c", output_stride=8, out_indices=(1, 2, 3, 4)),

@@ -10,6 +10,7 @@ from ssaseg.models.heads.afformer_head import AFFormerHead
 from ssaseg.models.heads.all_mlp import AllMLPHead
 from ssaseg.models.heads.cgr import CGRHead
 from ssaseg.models.heads.fcn import FCNHead
+from ssaseg.models.heads.hrnet_concat import HRNetConcatHead
 from ssaseg.models.heads.light_ham import LightHamHead
 from ssaseg.models.heads.ocr import OCRHead
 from ssaseg.models.heads.seaformer_head import SeaFormerLightHead
@@ -24,4 +25,5 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "light_ham": LightHamHead,
     "seaformer_light": SeaFormerLightHead,
     "afformer": AFFormerHead,
+    "hrnet_concat": HRNetConcatHead,
 }
