@@ -6,6 +6,7 @@
     python -m ssaseg fetch-weights --params params/ade20k.yaml     ImageNet backbones -> weights/
     python -m ssaseg version-data --params params/default.yaml     dvc add data/ + dvc push
     python -m ssaseg init-tracking --params params/default.yaml
+    python -m ssaseg tracking-server --host ADDR --port 5000 --backend-store URI --artifacts DIR
     python -m ssaseg train    --params params/default.yaml RUN
     python -m ssaseg evaluate --params params/default.yaml RUN
     python -m ssaseg profile  --params params/default.yaml RUN
@@ -18,7 +19,6 @@ files override earlier ones. Errors in the inputs end with a one-line message an
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -220,6 +220,16 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_tracking_server(args) -> int:
+    from ssaseg.tracking import server_command
+
+    cmd = server_command(args.host, args.port, args.backend_store, args.artifacts, args.workers,
+                         args.allowed_hosts)
+    print(f"MLflow server on {args.host}:{args.port}; in the params file: "
+          f"tracking: {{uri: http://{args.host}:{args.port}}}\n  {' '.join(cmd)}", flush=True)
+    os.execvp(cmd[0], cmd)  # the server replaces this process: signals reach it directly
+
+
 def cmd_report(args) -> int:
     from ssaseg.config import run_dir
     from ssaseg.report import build_report
@@ -277,6 +287,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("profile", cmd_profile, "params, FLOPs, latency, memory of one run's model", run=True)
     p = add("report", cmd_report, "tables and plots from every run of a params file")
     p.add_argument("--out-dir", help="default: <reports_dir>/<name>")
+    p = sub.add_parser("tracking-server", help="MLflow server for jobs on a cluster (login node)")
+    p.add_argument("--host", required=True, help="address to bind, reachable from the compute "
+                   "nodes (e.g. the login node's cluster-network IP)")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--backend-store", default="sqlite:///mlflow.db",
+                   help="runs and metrics: a SQLite file on a LOCAL disk (only the server "
+                   "writes it) or a database URI (postgresql://...)")
+    p.add_argument("--artifacts", default="mlartifacts", help="artifact directory, served to "
+                   "the jobs through the server")
+    p.add_argument("--workers", type=int, help="server processes (default: 1 with SQLite, else 4)")
+    p.add_argument("--allowed-hosts", help="Host headers to accept (default: --host, this "
+                   "machine's names and localhost, with and without the port)")
+    p.set_defaults(func=cmd_tracking_server)
     return parser
 
 

@@ -6,7 +6,16 @@ tracks (:class:`NullTracker` elsewhere).
 
 The default store is a local SQLite file. Two processes creating a fresh SQLite store at once
 crash, so :func:`init_store` is run once, before parallel jobs start (Snakemake's
-``init_tracking`` rule). On a cluster, point ``tracking.uri`` at a server instead.
+``init_tracking`` rule), and switches the file to write-ahead logging, so that the local jobs
+running side by side read while one writes (writers queue on SQLite's busy timeout).
+
+On a cluster, many jobs must not write one SQLite file on a network filesystem (its locks do
+not hold there, and WAL needs shared memory): start a server on the login node and point
+``tracking.uri`` at it. The server is the only process that touches its store::
+
+    python -m ssaseg tracking-server --host 10.0.0.5 --port 5000 \
+        --backend-store sqlite:////local/mlflow/mlflow.db --artifacts /shared/mlartifacts
+    # params: tracking: {uri: http://10.0.0.5:5000}
 """
 
 from __future__ import annotations
@@ -31,10 +40,35 @@ def _client(uri: str):
 
 
 def init_store(uri: str) -> None:
-    """Create the tracking store (SQLite tables) if needed; safe to call again."""
+    """Create the tracking store (SQLite tables) if needed; safe to call again. A SQLite store
+    is switched to write-ahead logging (a property of the file, kept by every later process)."""
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     _client(uri).search_experiments(max_results=1)
+    if uri.startswith("sqlite:///"):
+        import sqlite3
+
+        with sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=60) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+
+
+def server_command(host: str, port: int, backend_store: str, artifacts: str,
+                   workers: int | None = None, allowed_hosts: str | None = None) -> list[str]:
+    """``mlflow server`` bound to ``host:port``, serving (proxying) the artifacts too, so that
+    jobs need no access to the artifact directory. Host headers accepted by default: ``host``,
+    this machine's names and localhost, each with and without the port."""
+    import socket
+
+    if allowed_hosts is None:
+        names = dict.fromkeys([host, socket.gethostname(), socket.getfqdn(), "localhost",
+                               "127.0.0.1"])
+        allowed_hosts = ",".join(f"{n},{n}:{port}" for n in names if n and n != "0.0.0.0")
+    if workers is None:  # one writer for SQLite
+        workers = 1 if backend_store.startswith("sqlite:") else 4
+    return ["mlflow", "server", "--host", host, "--port", str(port),
+            "--backend-store-uri", backend_store, "--serve-artifacts",
+            "--artifacts-destination", artifacts, "--workers", str(workers),
+            "--allowed-hosts", allowed_hosts]
 
 
 def git_commit() -> str:
@@ -64,6 +98,13 @@ class RunTracker:
     def __init__(self, uri: str, run_dir: str | Path, experiment: str | None = None,
                  run_name: str | None = None, tags: Mapping[str, str] | None = None,
                  params: Mapping[str, Any] | None = None) -> None:
+        if uri.startswith("sqlite:") and os.environ.get("SLURM_JOB_ID"):
+            import warnings
+
+            warnings.warn(f"tracking.uri is the SQLite file {uri} inside Slurm job "
+                          f"{os.environ['SLURM_JOB_ID']}: jobs on several nodes must not share "
+                          "one SQLite file; start `python -m ssaseg tracking-server` on the "
+                          "login node and set tracking.uri: http://<host>:<port>", stacklevel=2)
         self.client = _client(uri)
         id_file = Path(run_dir) / RUN_ID_FILE
         if id_file.is_file():

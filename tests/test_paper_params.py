@@ -190,13 +190,6 @@ def test_dry_run_lists_every_job(name, dry_runs):
         assert counts.get(rule) == count, f"{rule}: {counts}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the pretrained backbones are not yet an input of train_model (common.smk's "
-    "model_weights is defined but no rule uses it), and ssaseg.weights.MODEL_WEIGHTS has no "
-    "entry for segnext_t, seaformer_b, seaformer_l, afformer_b; remove this marker once both "
-    "are fixed (strict: an unexpected pass fails)",
-)
 @pytest.mark.parametrize("name", sorted(PAPER_TABLES))
 def test_dry_run_fetches_every_pretrained_backbone(name, dry_runs):
     result = dry_runs[name]

@@ -1,4 +1,5 @@
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -114,6 +115,6 @@ def test_corrupt_image_and_bad_label_values_are_named(mini_params):
     Image.fromarray(label).save(label_path)
     with pytest.raises(DatasetError, match=r"val/labels/00001.png: label values \[42\]"):
         ds[1]
-    (tmp_manifest := __import__("pathlib").Path(root) / "manifest.json").unlink()
+    (Path(root) / "manifest.json").unlink()
     with pytest.raises(DatasetError, match="not a completely prepared dataset"):
         train(cfg, progress=False)

@@ -3,18 +3,33 @@
 One process (CPU or one GPU):
     python -m ssaseg train --params params/default.yaml --dataset synthetic \
         --model segformer_b0 --classifier linear --seed 0
-Several GPUs in one job (DDP; one process per GPU):
+Several GPUs in one job (DDP; one process per GPU; ``train.gpus: 4`` makes the Snakemake rule
+do this):
     torchrun --standalone --nproc-per-node 4 -m ssaseg train --params ... (same arguments)
+
+Under torchrun (see :mod:`ssaseg.engine.distributed`) each rank trains on its contiguous share
+of every global batch (``train.batch_size`` is the global batch), BatchNorm becomes
+SyncBatchNorm when ``train.sync_bn``, dropout draws are seeded per (seed, iteration, rank), the
+logged losses are means over the ranks, and only rank 0 logs to MLflow and writes files.
 
 Every ``checkpoint_every`` iterations the full state (model, optimiser, scaler, loss history)
 goes to ``<run_dir>/checkpoints/last.pt``; a restarted run continues from there and, since
 batches and dropout draws are a function of (seed, iteration), follows the same loss curve.
+
+Preemption: SIGTERM or SIGUSR1 (Slurm's time-limit warning, ``--signal``; a preempted or
+cancelled job's SIGTERM) lets the current iteration finish, writes the checkpoint and raises
+:class:`Preempted`; ``python -m ssaseg train`` then exits with ``PREEMPTED_EXIT_CODE`` (75,
+EX_TEMPFAIL) and the re-run job resumes where the signal stopped it. Under DDP the ranks agree
+on the stop iteration (one all-reduce per iteration carries the flag with the losses).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -25,7 +40,7 @@ from tqdm import tqdm
 from ssaseg import atomic_io
 from ssaseg.config import RunConfig
 from ssaseg.data.dataset import SegmentationDataset, TrainBatches
-from ssaseg.engine import checkpoint
+from ssaseg.engine import checkpoint, distributed
 from ssaseg.engine.device import amp_dtype, autocast, select_device
 from ssaseg.engine.optim import build_optimizer, set_lr
 from ssaseg.models.zoo import build_segmentor
@@ -33,18 +48,65 @@ from ssaseg.tracking import NullTracker, RunTracker, device_tag, git_commit
 
 MODEL_FILE = "model.pt"
 TRAIN_LOG = "train_log.csv"
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; re-run to resume
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN/inf; the message gives the iteration and the last good checkpoint."""
 
 
+class Preempted(RuntimeError):
+    """Training stopped on SIGTERM/SIGUSR1 after writing a checkpoint; re-running resumes."""
+
+    def __init__(self, signal_name: str, iteration: int, checkpoint_path: Path) -> None:
+        super().__init__(f"stopped by {signal_name} after iteration {iteration}; checkpoint "
+                         f"{checkpoint_path} written; re-run the same command to resume")
+        self.iteration = iteration
+        self.checkpoint_path = checkpoint_path
+
+
+class _StopSignals:
+    """Within the block, SIGTERM/SIGUSR1 only set :attr:`signum` (the loop stops after the
+    current iteration); the previous handlers come back afterwards. The handler is installed
+    only from the main thread (Python's rule)."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        self.signum = signum
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers ignore the stop signals: Slurm signals every process of the job, and a
+    worker killed by SIGTERM would fail the iteration the main process is finishing."""
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def dropout_seed(seed: int, iteration: int, rank: int = 0) -> int:
+    """Seed of the dropout (and other in-model random) draws of one iteration on one rank."""
+    return seed * 1_000_003 + iteration + rank * 2**40
+
+
 def pretrained_weights(cfg: RunConfig) -> Path | None:
     if not cfg.train.pretrained:
         return None
-    from ssaseg.weights import weights_file_for_model
+    from ssaseg.weights import weights_for_model, weights_path
 
-    return weights_file_for_model(cfg.model, cfg.weights_dir)
+    return weights_path(weights_for_model(cfg.model), cfg.weights_dir)
 
 
 def open_tracker(cfg: RunConfig, device: torch.device, rank: int = 0):
@@ -61,10 +123,23 @@ def open_tracker(cfg: RunConfig, device: torch.device, rank: int = 0):
 
 
 def train(cfg: RunConfig, progress: bool = True) -> Path:
-    """Train one run to completion (resuming if a checkpoint exists); returns the model file."""
+    """Train one run to completion (resuming if a checkpoint exists); returns the model file.
+
+    Raises :class:`Preempted` when SIGTERM/SIGUSR1 stopped it (after writing the checkpoint).
+    Under torchrun (WORLD_SIZE > 1) this is one rank of a DDP job.
+    """
     torch.set_num_threads(cfg.train.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    device = select_device(cfg.train.device)
+    info, device = distributed.setup(select_device(cfg.train.device))
+    if cfg.train.gpus > 1 and not info.distributed:
+        print(f"note: train.gpus is {cfg.train.gpus} but this is a single process; launch with "
+              f"torchrun --nproc-per-node {cfg.train.gpus} for DDP", file=sys.stderr)
+    with _StopSignals() as stop:
+        return _train(cfg, progress and info.is_main, info, device, stop)
+
+
+def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: torch.device,
+           stop: _StopSignals) -> Path:
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / "checkpoints" / checkpoint.LAST
 
@@ -75,7 +150,10 @@ def train(cfg: RunConfig, progress: bool = True) -> Path:
     meta = dataset.meta
     torch.manual_seed(cfg.seed)  # parameter initialisation
     model = build_segmentor(cfg.model, cfg.classifier, meta.num_classes, meta.ignore_index,
-                            cfg.classifier_params, weights=pretrained_weights(cfg)).to(device)
+                            cfg.classifier_params, weights=pretrained_weights(cfg))
+    if info.distributed and cfg.train.sync_bn:
+        model = distributed.convert_sync_batchnorm(model, device)
+    model = model.to(device)
     optimizer = build_optimizer(model, cfg.train.optimizer)
     dtype = amp_dtype(cfg.train.amp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -88,10 +166,13 @@ def train(cfg: RunConfig, progress: bool = True) -> Path:
         scaler.load_state_dict(state["scaler"])
         start, history = state["iteration"], state["history"]
 
-    tracker = open_tracker(cfg, device)
+    tracker = open_tracker(cfg, device, info.rank)
     try:
         model_path = _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start,
-                                 history, tracker, progress)
+                                 history, tracker, progress, info, stop)
+    except Preempted:
+        tracker.finish("KILLED")
+        raise
     except BaseException:
         tracker.finish("FAILED")
         raise
@@ -100,13 +181,30 @@ def train(cfg: RunConfig, progress: bool = True) -> Path:
 
 
 def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, history, tracker,
-                progress) -> Path:
+                progress, info: distributed.DistInfo = distributed.DistInfo(),
+                stop: _StopSignals | None = None) -> Path:
     run_dir = Path(cfg.run_dir)
     ckpt_path = run_dir / "checkpoints" / checkpoint.LAST
     meta = dataset.meta
-    sampler = TrainBatches(len(dataset), cfg.train.batch_size, cfg.seed, start, cfg.train.iters)
+    stop = stop or _StopSignals()
+    sampler = TrainBatches(len(dataset), cfg.train.batch_size, cfg.seed, start, cfg.train.iters,
+                           info.rank, info.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.train.num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda",
+                        worker_init_fn=_ignore_stop_signals if cfg.train.num_workers else None)
+    raw_model = model  # what is checkpointed; DDP wraps it for the forward/backward
+    if info.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def save_checkpoint(step: int) -> None:
+        if info.is_main:
+            checkpoint.save(ckpt_path, {
+                "iteration": step, "model": raw_model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "history": history, "config": cfg.to_dict(), "world_size": info.world_size,
+            })
+
     model.train()
     bar = tqdm(total=cfg.train.iters, initial=start, disable=not progress, dynamic_ncols=True,
                desc=cfg.run_name, mininterval=2.0)
@@ -115,15 +213,24 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         lr = set_lr(optimizer, cfg.train.optimizer.lr, iteration, cfg.train.iters,
                     cfg.train.schedule)
-        torch.manual_seed(cfg.seed * 1_000_003 + iteration)  # dropout draws: f(seed, iteration)
+        torch.manual_seed(dropout_seed(cfg.seed, iteration, info.rank))
         with autocast(device, dtype):
             out = model(images, labels)
         losses = {name: value.float() for name, value in out.losses.items()}
         loss = sum(losses.values())
-        if not math.isfinite(float(loss)):
+        # one collective per iteration: each loss term averaged over the ranks (what is logged
+        # and checked), and the stop flag (> 0 when any rank got a signal), so that every rank
+        # raises, or stops, at the same iteration
+        flag = torch.tensor([float(stop.signum is not None)], device=loss.device)
+        summary = distributed.mean_over_ranks(
+            torch.cat([torch.stack([loss.detach(), *[v.detach() for v in losses.values()]]), flag]))
+        values = summary[:-1].tolist()
+        stopping = bool(summary[-1] > 0)
+        mean_loss, mean_terms = values[0], dict(zip(losses, values[1:]))
+        if not math.isfinite(mean_loss):
             raise NonFiniteLossError(
-                f"{cfg.run_name}: loss is {float(loss)} at iteration {iteration} "
-                f"(terms: { {k: float(v) for k, v in losses.items()} }); the last good checkpoint "
+                f"{cfg.run_name}: loss is {mean_loss} at iteration {iteration} "
+                f"(terms: {mean_terms}); the last good checkpoint "
                 f"is {ckpt_path if ckpt_path.is_file() else 'none (no checkpoint yet)'}; lower "
                 "the learning rate or enable grad_clip"
             )
@@ -136,20 +243,27 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
         scaler.update()
 
         step = iteration + 1
-        record = {"iter": step, "lr": lr, "loss": float(loss),
-                  **{f"loss/{k}": float(v) for k, v in losses.items()}}
+        record = {"iter": step, "lr": lr, "loss": mean_loss,
+                  **{f"loss/{k}": v for k, v in mean_terms.items()}}
         history.append(record)
-        bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", refresh=False)
+        bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.iters:
+        if step % cfg.train.log_every == 0 or step == cfg.train.iters or stopping:
             tracker.log_metrics({k: v for k, v in record.items() if k != "iter"}, step=step)
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.iters:
-            checkpoint.save(ckpt_path, {
-                "iteration": step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "history": history, "config": cfg.to_dict(),
-            })
+        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.iters or stopping:
+            save_checkpoint(step)
+        if stopping and step < cfg.train.iters:
+            bar.close()
+            distributed.barrier()  # rank 0's checkpoint is on disk before any rank exits
+            name = signal.Signals(stop.signum).name if stop.signum else "a signal on another rank"
+            print(f"{cfg.run_name}: {name}: checkpoint at iteration {step} written to "
+                  f"{ckpt_path}; exiting with code {PREEMPTED_EXIT_CODE}", file=sys.stderr,
+                  flush=True)
+            raise Preempted(name, step, ckpt_path)
     bar.close()
+    if not info.is_main:
+        distributed.barrier()  # rank 0 writes the log and the model file
+        return run_dir / MODEL_FILE
 
     elapsed = time.perf_counter() - started
     log_path = run_dir / TRAIN_LOG
@@ -159,13 +273,14 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
         writer.writeheader()
         writer.writerows(history)
     model_path = run_dir / MODEL_FILE
-    checkpoint.save(model_path, {"model": model.state_dict(), "config": cfg.to_dict(),
+    checkpoint.save(model_path, {"model": raw_model.state_dict(), "config": cfg.to_dict(),
                                  "num_classes": meta.num_classes,
                                  "ignore_index": meta.ignore_index, "classes": meta.classes})
     if start < cfg.train.iters:
         tracker.log_metrics({"train_seconds_per_iter": elapsed / (cfg.train.iters - start)},
                             step=cfg.train.iters)
     tracker.log_artifact(log_path)
+    distributed.barrier()
     return model_path
 
 

@@ -58,17 +58,17 @@ def dataset_archives(wildcards):
     return ancient(archive_paths(wildcards.dataset, f"{PARAMS['raw_dir']}/{wildcards.dataset}"))
 
 
+def train_setting(model, key):
+    """train.<key> of a model's runs, after its model_overrides."""
+    override = PARAMS.get("model_overrides", {}).get(model, {}).get("train", {})
+    return override.get(key, PARAMS["train"][key])
+
+
 def model_weights(wildcards):
     """The pretrained backbone a run starts from, if the params ask for one."""
-    if not resolve_run_train(wildcards.model)["pretrained"]:
+    if not train_setting(wildcards.model, "pretrained"):
         return []
     return [str(weights_path(weights_for_model(wildcards.model), PARAMS["weights_dir"]))]
-
-
-def resolve_run_train(model):
-    """The train section of a model's runs (model_overrides applied)."""
-    override = PARAMS.get("model_overrides", {}).get(model, {}).get("train", {})
-    return {**PARAMS["train"], **override}
 
 
 def get_final_output():

@@ -8,9 +8,13 @@ from collections.abc import Callable
 from torch import nn
 
 from ssaseg.models.classifiers.linear import LinearClassifier
+from ssaseg.models.classifiers.protoseg import ProtoSegClassifier
+from ssaseg.models.classifiers.ssa import SSAClassifier
 
 CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
     "linear": LinearClassifier,
+    "ssa": SSAClassifier,
+    "protoseg": ProtoSegClassifier,
 }
 
 
