@@ -644,3 +644,21 @@ def test_segformer_b0_with_ssa_forward_backward(monkeypatch):
     assert model.backbone.model.patch_embed.proj.weight.grad.abs().sum() > 0
     model.eval()
     assert model.predict(images).shape == (2, 10, 64, 64)
+
+
+def test_inference_parameters_are_exactly_what_eval_uses():
+    """Every parameter outside inference_parameters() is the teacher's: eval never touches it."""
+    clf = SSAClassifier(16, 5).eval()
+    used = {id(p) for p in clf.inference_parameters()}
+    assert used and all(not n.startswith("teacher_") for n, p in clf.named_parameters()
+                        if id(p) in used)
+    feature = torch.randn(2, 16, 6, 7)
+    before = clf(feature).logits
+    with torch.no_grad():
+        for name, p in clf.named_parameters():
+            if id(p) not in used:
+                p.add_(1.0)  # perturbing the teacher must not change inference
+    torch.testing.assert_close(clf(feature).logits, before)
+    with torch.no_grad():
+        clf.center_proj.weight.add_(1.0)  # perturbing the student must
+    assert not torch.allclose(clf(feature).logits, before)

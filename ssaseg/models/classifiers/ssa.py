@@ -254,6 +254,11 @@ class SSAClassifier(nn.Module):
         self.center_proj = nn.Linear(channels, channels, bias=False)
         self.teacher_center_proj = nn.Linear(channels, channels, bias=False)
 
+    def inference_parameters(self) -> list[nn.Parameter]:
+        """The parameters the student path uses: all but the training-only teacher's (what the
+        published "+SSA" parameter counts include)."""
+        return [p for name, p in self.named_parameters() if not name.startswith("teacher_")]
+
     @property
     def prototypes(self) -> torch.Tensor:
         """W, the linear classifier's weight as (K, C) prototypes (bias ignored)."""
