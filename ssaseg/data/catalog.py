@@ -16,10 +16,10 @@ checks against that record (see :mod:`ssaseg.data.download`).
 from __future__ import annotations
 
 import difflib
-import importlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ssaseg.data import synthetic
 from ssaseg.data.layout import DatasetError, DatasetMeta
 
 IGNORE_INDEX = 255
@@ -30,51 +30,6 @@ class UnknownDatasetError(DatasetError, KeyError):
 
     def __str__(self) -> str:  # KeyError would repr() the message
         return str(self.args[0])
-
-
-class LazySequence(Sequence):
-    """A read-only sequence loaded on first use from ``module.attribute``.
-
-    The synthetic dataset's class names and palette live in :mod:`ssaseg.data.synthetic`; the
-    catalog refers to them without importing that module (or torch) at import time.
-    """
-
-    def __init__(self, module: str, attribute: str) -> None:
-        self._module, self._attribute = module, attribute
-        self._items: tuple | None = None
-
-    def _load(self) -> tuple:
-        if self._items is None:
-            try:
-                module = importlib.import_module(self._module)
-            except ImportError as err:
-                raise DatasetError(
-                    f"{self._module} cannot be imported ({err}); it provides "
-                    f"{self._attribute} for the catalog"
-                ) from err
-            self._items = tuple(
-                tuple(x) if isinstance(x, (list, tuple)) else x
-                for x in getattr(module, self._attribute)
-            )
-        return self._items
-
-    def __getitem__(self, index):
-        return self._load()[index]
-
-    def __len__(self) -> int:
-        return len(self._load())
-
-    def __iter__(self) -> Iterator:
-        return iter(self._load())
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Sequence) and tuple(self) == tuple(other)
-
-    def __hash__(self) -> int:
-        return hash((self._module, self._attribute))
-
-    def __repr__(self) -> str:
-        return f"LazySequence({self._module}.{self._attribute})"
 
 
 @dataclass(frozen=True)
@@ -433,8 +388,8 @@ CATALOG: dict[str, DatasetInfo] = {
         title="Embedded synthetic dataset (generated from a seed; no download)",
         homepage="",
         archives=(),
-        classes=LazySequence("ssaseg.data.synthetic", "CLASSES"),
-        palette=LazySequence("ssaseg.data.synthetic", "PALETTE"),
+        classes=tuple(synthetic.CLASSES),
+        palette=tuple(tuple(colour) for colour in synthetic.PALETTE),
         reduce_zero_label=False,
         splits=(("train", "train"), ("val", "val")),
         expected_counts=(),
