@@ -147,6 +147,7 @@ def cmd_evaluate(args) -> int:
     from ssaseg.data.dataset import SegmentationDataset
     from ssaseg.engine.device import select_device
     from ssaseg.engine.evaluate import evaluate
+    from ssaseg.config import run_config_from_dict
     from ssaseg.engine.train import MODEL_FILE, load_trained
     from ssaseg.report import EVAL_FILE
     from ssaseg.tracking import RunTracker
@@ -156,6 +157,9 @@ def cmd_evaluate(args) -> int:
     device = select_device(cfg.evaluate.device)
     run_dir = Path(cfg.run_dir)
     model, state = load_trained(run_dir / MODEL_FILE, device)
+    if run_config_from_dict(state["config"]).config_hash() != cfg.config_hash():
+        raise ConfigError(f"{run_dir / MODEL_FILE} was trained with other settings than "
+                          f"{' + '.join(args.params)} now gives this run; train it again")
     dataset = SegmentationDataset(cfg.dataset.root, "val")
     metrics, cm = evaluate(model, dataset, device, cfg.evaluate.mode, cfg.evaluate.crop_size,
                            cfg.evaluate.stride, progress=not args.no_progress)
@@ -173,8 +177,7 @@ def cmd_evaluate(args) -> int:
         "mode": cfg.evaluate.mode, "num_images": len(dataset),
         "per_class": [{"class": c, "iou": i, "accuracy": a}
                       for c, i, a in zip(classes, metrics.iou, metrics.accuracy)],
-        "config_hash": state["config"] and resolve_run(_params(args), args.dataset, args.model,
-                                                         args.classifier, args.seed).config_hash(),
+        "config_hash": cfg.config_hash(),
     }
     tracker = RunTracker(cfg.tracking_uri, run_dir)
     tracker.log_metrics({"miou": metrics.miou, "macc": metrics.macc,

@@ -103,7 +103,7 @@ def _markdown(table: pd.DataFrame, conditions: list[str]) -> str:
     return "\n".join(lines + notes) + "\n"
 
 
-def _plots(runs: pd.DataFrame, table: pd.DataFrame, out_dir: Path) -> dict[str, bytes]:
+def _plots(runs: pd.DataFrame, table: pd.DataFrame) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,6 +151,6 @@ def build_report(run_dirs: list[Path], out_dir: Path, published_csv: Path | None
         "summary.md": _markdown(table, runs.latency_conditions.tolist()).encode(),
         "summary.csv": table.to_csv(index=False, float_format="%.4f").encode(),
         "runs.csv": runs.drop(columns=["run_dir"]).to_csv(index=False, float_format="%.4f").encode(),
-        **_plots(runs, table, out_dir),
+        **_plots(runs, table),
     }
     return [out_dir / name for name, data in outputs.items() if _write_if_changed(out_dir / name, data)]

@@ -49,3 +49,12 @@ def write_params(path: Path, params: dict) -> Path:
 @pytest.fixture
 def mini_params(tmp_path):
     return miniature_params(tmp_path)
+
+
+def tiny_batch(num_classes: int, h: int = 64, w: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two seeded random images and label maps with some ignored (255) pixels."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, h, w, generator=g)
+    labels = torch.randint(0, num_classes, (2, h, w), generator=g)
+    labels[:, :5] = 255
+    return images, labels

@@ -13,6 +13,7 @@ import torch
 
 from ssaseg.models.classifiers import CLASSIFIERS
 from ssaseg.models.zoo import build_segmentor
+from tests.conftest import tiny_batch
 
 NUM_CLASSES = 5
 # run for real on the CPU
@@ -24,11 +25,7 @@ WITH_AUX = {"upernet_swin_t", "ocrnet_hrnet_w18", "fcn_resnet101", "cgrseg_b"}
 
 
 def _batch(h: int = 64, w: int = 64):
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 3, h, w, generator=g)
-    labels = torch.randint(0, NUM_CLASSES, (2, h, w), generator=g)
-    labels[:, :5] = 255  # some ignored pixels
-    return images, labels
+    return tiny_batch(NUM_CLASSES, h, w)
 
 
 @pytest.mark.parametrize("classifier", sorted(CLASSIFIERS))

@@ -14,25 +14,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssaseg.engine.flops import count_flops_mmcv, count_params
 from ssaseg.models.backbones import BACKBONES
 from ssaseg.models.backbones.checkpoint import CheckpointMismatchError
 from ssaseg.models.classifiers import CLASSIFIERS
 from ssaseg.models.heads.light_ham import NMF2D
-from ssaseg.models.zoo import MODELS, build_segmentor
+from ssaseg.models.zoo import build_segmentor
+from tests.conftest import tiny_batch
 
 OWN_MODELS = ["segnext_t", "seaformer_b", "seaformer_l", "afformer_b"]
 NUM_CLASSES = 5
 TABLE = Path(__file__).resolve().parents[1] / "params" / "published_sizes.csv"
-TOLERANCE = 0.05
 
 
 def _batch(h: int = 64, w: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(0)
-    images = torch.randn(2, 3, h, w, generator=g)
-    labels = torch.randint(0, NUM_CLASSES, (2, h, w), generator=g)
-    labels[:, :5] = 255  # some ignored pixels
-    return images, labels
+    return tiny_batch(NUM_CLASSES, h, w)
 
 
 # ----------------------------------------------------------------------------- train / predict
@@ -122,50 +117,9 @@ def _published_rows() -> list[dict[str, str]]:
         return [r for r in csv.DictReader(handle) if r["model"] in OWN_MODELS]
 
 
-def _deployed_params(seg: torch.nn.Module, image: torch.Tensor) -> int:
-    """Backbone + head + the classifier parameters that inference uses.
-
-    The published "+SSA" sizes are those of the deployed model: SSA's teacher branch exists only
-    in training (SegNeXt-T: 4.26 M + 0.30 M student = 4.57 M ~ 4.6 M published, whereas counting
-    the 0.26 M teacher too gives 4.83 M).
-    """
-    used: set[int] = set()
-    handles = [
-        m.register_forward_hook(
-            lambda mod, i, o: used.update(id(p) for p in mod.parameters(recurse=False))
-        )
-        for m in seg.classifier.modules()
-    ]
-    seg.eval()
-    try:
-        with torch.no_grad():
-            seg(image)
-    finally:
-        for h in handles:
-            h.remove()
-    used_classifier = sum(p.numel() for p in seg.classifier.parameters() if id(p) in used)
-    return count_params(seg.backbone) + count_params(seg.head) + used_classifier
-
-
 def test_every_own_model_has_published_sizes() -> None:
     pairs = {(r["model"], r["classifier"]) for r in _published_rows()}
     assert pairs == {(m, c) for m in OWN_MODELS for c in ("linear", "ssa")}
-
-
-@pytest.mark.parametrize(
-    "row", _published_rows(), ids=lambda r: f"{r['model']}-{r['classifier']}"
-)
-def test_size_matches_published(row: dict[str, str]) -> None:
-    if row["classifier"] not in CLASSIFIERS:
-        pytest.skip(f"classifier {row['classifier']!r} not registered")
-    with torch.device("meta"):
-        seg = build_segmentor(row["model"], row["classifier"], num_classes=150)
-        image = torch.empty(1, 3, 512, 512)
-    params = _deployed_params(seg, image) / 1e6
-    gflops = count_flops_mmcv(seg, image, MODELS[row["model"]].mmcv_uncounted) / 1e9
-    published_params, published_gflops = float(row["params_m"]), float(row["gflops_mmcv"])
-    assert abs(params - published_params) <= TOLERANCE * published_params, (params, row)
-    assert abs(gflops - published_gflops) <= TOLERANCE * published_gflops, (gflops, row)
 
 
 # ----------------------------------------------------------------------------- checkpoints

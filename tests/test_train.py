@@ -118,3 +118,19 @@ def test_corrupt_image_and_bad_label_values_are_named(mini_params):
     (Path(root) / "manifest.json").unlink()
     with pytest.raises(DatasetError, match="not a completely prepared dataset"):
         train(cfg, progress=False)
+
+
+def test_checkpoint_of_other_settings_is_set_aside_not_resumed(mini_params):
+    params = _setup(mini_params)
+    cfg = resolve_run(params, "synthetic", "segformer_b0", "linear", 0)
+    train(cfg, progress=False)
+    first_run_id = open(f"{cfg.run_dir}/mlflow_run_id.txt").read()
+    params["train"]["optimizer"]["lr"] = 5e-4  # the same run directory, another model
+    changed = resolve_run(params, "synthetic", "segformer_b0", "linear", 0)
+    assert changed.run_dir == cfg.run_dir and changed.config_hash() != cfg.config_hash()
+    train(changed, progress=False)
+    assert [r["iter"] for r in _history(cfg.run_dir)] == list(range(1, 7))  # not resumed at 6
+    assert list(Path(cfg.run_dir, "checkpoints").glob("last.pt.stale-*"))
+    assert open(f"{cfg.run_dir}/mlflow_run_id.txt").read() != first_run_id
+    state = checkpoint.load(f"{cfg.run_dir}/model.pt")
+    assert state["config"]["train"]["optimizer"]["lr"] == 5e-4

@@ -87,3 +87,34 @@ def test_bad_params_stop_the_workflow_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "'many' is not of type 'integer'" in result.stdout + result.stderr
     assert not (tmp_path / "results").exists()
+
+
+def _planned_jobs(result) -> dict[str, int]:
+    """Job counts from the 'Job stats' table of a dry run."""
+    lines = (result.stdout + result.stderr).split("Job stats:")[1].splitlines()[3:]
+    counts = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or parts[0] == "total":
+            break
+        counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_a_params_edit_reruns_exactly_the_runs_it_affects(pipeline_run):
+    tmp, params, _ = pipeline_run
+    edited = dict(params, classifiers={"linear": {}, "ssa": {"dropout": 0.2}})
+    result = _snakemake(tmp, write_params(tmp / "edited.yaml", edited), "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = _planned_jobs(result)
+    assert counts.get("train_model") == 1 and "prepare_dataset" not in counts, counts
+    assert "classifier=ssa" in result.stdout and "classifier=linear" not in result.stdout
+
+
+def test_another_experiment_on_the_same_data_does_not_prepare_it_again(pipeline_run):
+    tmp, params, _ = pipeline_run
+    other = dict(params, name="other", seeds=[1])
+    result = _snakemake(tmp, write_params(tmp / "other.yaml", other), "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = _planned_jobs(result)
+    assert "prepare_dataset" not in counts and counts.get("train_model") == 2, counts

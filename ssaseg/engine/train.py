@@ -38,13 +38,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ssaseg import atomic_io
-from ssaseg.config import RunConfig
+from ssaseg.config import RunConfig, run_config_from_dict
 from ssaseg.data.dataset import SegmentationDataset, TrainBatches
 from ssaseg.engine import checkpoint, distributed
 from ssaseg.engine.device import amp_dtype, autocast, select_device
 from ssaseg.engine.optim import build_optimizer, set_lr
 from ssaseg.models.zoo import build_segmentor
-from ssaseg.tracking import NullTracker, RunTracker, device_tag, git_commit
+from ssaseg.tracking import RUN_ID_FILE, NullTracker, RunTracker, device_tag, git_commit
 
 MODEL_FILE = "model.pt"
 TRAIN_LOG = "train_log.csv"
@@ -159,8 +159,17 @@ def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: t
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     start, history = 0, []
-    if ckpt_path.is_file():
-        state = checkpoint.load(ckpt_path, device)
+    state = checkpoint.load(ckpt_path, device) if ckpt_path.is_file() else None
+    if state is not None and run_config_from_dict(state["config"]).config_hash() != cfg.config_hash():
+        if info.is_main:  # trained with other settings: keep it aside, start a new run
+            stale = ckpt_path.with_name(f"{ckpt_path.name}.stale-{time.strftime('%Y%m%d-%H%M%S')}")
+            ckpt_path.rename(stale)
+            (run_dir / RUN_ID_FILE).unlink(missing_ok=True)
+            print(f"note: {ckpt_path} was written with a different config; moved to {stale}, "
+                  "training from scratch in a new MLflow run", file=sys.stderr)
+        distributed.barrier()
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -286,7 +295,6 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
 
 def load_trained(model_path: str | Path, device: torch.device):
     """(Segmentor in eval mode, saved state) from a file written by :func:`train`."""
-    from ssaseg.config import run_config_from_dict
 
     state = checkpoint.load(model_path, device)
     cfg = run_config_from_dict(state["config"])

@@ -6,7 +6,7 @@ import sys
 
 from snakemake.utils import validate
 
-from ssaseg.config import all_runs, validate_params
+from ssaseg.config import all_runs, resolve_run, validate_params
 from ssaseg.data.download import archive_paths
 from ssaseg.weights import CATALOG as WEIGHTS_CATALOG, weights_for_model, weights_path
 
@@ -23,7 +23,9 @@ RUN = f"{RESULTS}/{{dataset}}/{{model}}/{{classifier}}/seed{{seed}}"
 RUN_LOG = f"{LOGS}/{{step}}/{{dataset}}/{{model}}/{{classifier}}/seed{{seed}}.log"
 WEIGHTS_BY_FILE = {spec.filename: name for name, spec in WEIGHTS_CATALOG.items()}
 PYTHON = sys.executable  # the interpreter running Snakemake, i.e. the one with ssaseg installed
-# Every step gets the same params files Snakemake was given, in the same order.
+# Every step gets the same params files Snakemake was given, in the same order. They are written
+# into the shell commands, not passed as rule params: which file asked for a job must not
+# re-run it; what the job depends on is tracked instead (run_settings, a dataset's options).
 PARAMS_ARGS = " ".join(f"--params {f}" for f in workflow.configfiles)
 RUN_ARGS = (
     "--dataset {wildcards.dataset} --model {wildcards.model} "
@@ -69,6 +71,19 @@ def model_weights(wildcards):
     if not train_setting(wildcards.model, "pretrained"):
         return []
     return [str(weights_path(weights_for_model(wildcards.model), PARAMS["weights_dir"]))]
+
+
+def run_settings(section):
+    """A rule param that changes exactly when this run's `section` settings change, so that
+    Snakemake (rerun-triggers: params) re-runs the job after an edit of the params file that
+    affects it, and no other: "train" is the hash of everything that shapes the trained model."""
+
+    def settings(wildcards):
+        cfg = resolve_run(PARAMS, wildcards.dataset, wildcards.model, wildcards.classifier,
+                          int(wildcards.seed))
+        return cfg.config_hash() if section == "train" else repr(getattr(cfg, section))
+
+    return settings
 
 
 def get_final_output():

@@ -8,12 +8,11 @@ rule evaluate_model:
         metrics=f"{RUN}/eval.json",
         per_class=f"{RUN}/per_class_iou.csv",
     params:
-        python=PYTHON,
-        params=PARAMS_ARGS,
+        settings=run_settings("evaluate"),
     log:
         RUN_LOG.replace("{step}", "evaluate"),
     threads: PARAMS["evaluate"]["threads"]
     resources:
         **rule_resources("evaluate_model"),
     shell:
-        f"{{params.python}} -m ssaseg evaluate {{params.params}} {RUN_ARGS} --no-progress > {{log}} 2>&1"
+        f"{PYTHON} -m ssaseg evaluate {PARAMS_ARGS} {RUN_ARGS} --no-progress > {{log}} 2>&1"

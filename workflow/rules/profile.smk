@@ -8,12 +8,11 @@ rule profile_model:
     output:
         profile=f"{RUN}/profile.json",
     params:
-        python=PYTHON,
-        params=PARAMS_ARGS,
+        settings=run_settings("profile"),
     log:
         RUN_LOG.replace("{step}", "profile"),
     threads: workflow.cores
     resources:
         **rule_resources("profile_model"),
     shell:
-        f"{{params.python}} -m ssaseg profile {{params.params}} {RUN_ARGS} > {{log}} 2>&1"
+        f"{PYTHON} -m ssaseg profile {PARAMS_ARGS} {RUN_ARGS} > {{log}} 2>&1"

@@ -16,10 +16,8 @@ rule build_report:
         latency_plot=f"{REPORTS}/miou_vs_latency.png",
         loss_plot=f"{REPORTS}/loss_curves.png",
     params:
-        python=PYTHON,
-        params=PARAMS_ARGS,
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/build_report.log",
     shell:
-        "{params.python} -m ssaseg report {params.params} --out-dir {params.out_dir} > {log} 2>&1"
+        f"{PYTHON} -m ssaseg report {PARAMS_ARGS} --out-dir {{params.out_dir}} > {{log}} 2>&1"

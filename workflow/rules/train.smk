@@ -48,7 +48,7 @@ rule train_model:
         train_log=f"{RUN}/train_log.csv",
     params:
         launcher=train_launcher,
-        params=PARAMS_ARGS,
+        settings=run_settings("train"),
     log:
         RUN_LOG.replace("{step}", "train"),
     threads: train_threads
@@ -59,4 +59,4 @@ rule train_model:
             "cpus_per_task": train_cpus_per_task,
         },
     shell:
-        f"exec {{params.launcher}} train {{params.params}} {RUN_ARGS} > {{log}} 2>&1"
+        f"exec {{params.launcher}} train {PARAMS_ARGS} {RUN_ARGS} > {{log}} 2>&1"
