@@ -17,7 +17,8 @@ from tests.conftest import tiny_batch
 
 NUM_CLASSES = 5
 # run for real on the CPU
-REAL = ["segformer_b0", "upernet_swin_t", "ocrnet_hrnet_w18", "fcn_resnet101", "cgrseg_b"]
+REAL = ["segformer_b0", "upernet_swin_t", "ocrnet_hrnet_w18", "fcn_resnet101", "cgrseg_b",
+        "fcn_resnet18", "segnext_t", "seaformer_b", "seaformer_l", "afformer_b"]
 # built on the meta device only: same code as their REAL sibling, too slow on 2 CPU cores
 META = ["segformer_b1", "segformer_b2", "segformer_b3", "segformer_b4", "segformer_b5",
         "upernet_swin_l", "ocrnet_hrnet_w48", "hrnet_w48", "cgrseg_l"]
@@ -42,6 +43,10 @@ def test_forward_backward_predict(model: str, classifier: str) -> None:
     loss = out.total_loss
     assert torch.isfinite(loss)
     loss.backward()
+    # every backbone and head parameter takes part (no dead module, no detached branch)
+    unused = [name for name, p in seg.named_parameters()
+              if not name.startswith("classifier.") and p.requires_grad and p.grad is None]
+    assert not unused, f"parameters without gradient: {unused}"
     for part in (seg.backbone, seg.head, seg.classifier):
         grads = [p.grad for p in part.parameters() if p.requires_grad]
         assert any(g is not None and g.abs().sum() > 0 for g in grads), f"no gradient in {part}"

@@ -356,45 +356,29 @@ class SSAClassifier(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """All terms in fp32 (autocast off), each multiplied by its weight."""
         with torch.autocast(logits.device.type, enabled=False):
-            return self._fp32_losses(
-                coarse, logits, teacher_logits, labels, small_labels, sem, gt_sem, pos, gt_pos
-            )
-
-    def _fp32_losses(
-        self,
-        coarse: torch.Tensor,
-        logits: torch.Tensor,
-        teacher_logits: torch.Tensor,
-        labels: torch.Tensor,
-        small_labels: torch.Tensor,
-        sem: torch.Tensor,
-        gt_sem: torch.Tensor,
-        pos: torch.Tensor | None,
-        gt_pos: torch.Tensor | None,
-    ) -> dict[str, torch.Tensor]:
-        size = tuple(labels.shape[-2:])
-        logits, teacher_logits = logits.float(), teacher_logits.float()  # (B, K, h, w)
-        up_logits = resize_logits(logits, size)  # (B, K, H, W)
-        up_teacher = resize_logits(teacher_logits, size)  # (B, K, H, W)
-        ignore = self.ignore_index
-        terms = {
-            "ce": segmentation_cross_entropy(up_logits, labels, ignore),
-            "coarse_ce": segmentation_cross_entropy(coarse.float(), labels, ignore),
-            "teacher_ce": segmentation_cross_entropy(up_teacher, labels, ignore),
-        }
-        if self.response_distill:
-            boundary = label_boundaries(small_labels, self.boundary_width, self.boundary_margin)
-            terms["response_distill"] = response_distillation_loss(
-                logits, teacher_logits.detach(), small_labels, boundary, ignore,
-                self.distill_smoothing,
-            )
-        terms["dice"] = dice_loss(up_logits, labels, ignore, self.dice_smooth)
-        terms["teacher_dice"] = dice_loss(up_teacher, labels, ignore, self.dice_smooth)
-        if self.semantic_distill:
-            terms["semantic_distill"] = relation_distillation_loss(
-                sem, gt_sem.detach(), self.relation_temperature
-            )
-        if self.spatial_distill:
-            assert pos is not None and gt_pos is not None
-            terms["spatial_distill"] = soft_cross_entropy(pos, gt_pos.detach(), dim=-1)
-        return {name: self.weights[name] * value for name, value in terms.items()}
+            size = tuple(labels.shape[-2:])
+            logits, teacher_logits = logits.float(), teacher_logits.float()  # (B, K, h, w)
+            up_logits = resize_logits(logits, size)  # (B, K, H, W)
+            up_teacher = resize_logits(teacher_logits, size)  # (B, K, H, W)
+            ignore = self.ignore_index
+            terms = {
+                "ce": segmentation_cross_entropy(up_logits, labels, ignore),
+                "coarse_ce": segmentation_cross_entropy(coarse.float(), labels, ignore),
+                "teacher_ce": segmentation_cross_entropy(up_teacher, labels, ignore),
+            }
+            if self.response_distill:
+                boundary = label_boundaries(small_labels, self.boundary_width, self.boundary_margin)
+                terms["response_distill"] = response_distillation_loss(
+                    logits, teacher_logits.detach(), small_labels, boundary, ignore,
+                    self.distill_smoothing,
+                )
+            terms["dice"] = dice_loss(up_logits, labels, ignore, self.dice_smooth)
+            terms["teacher_dice"] = dice_loss(up_teacher, labels, ignore, self.dice_smooth)
+            if self.semantic_distill:
+                terms["semantic_distill"] = relation_distillation_loss(
+                    sem, gt_sem.detach(), self.relation_temperature
+                )
+            if self.spatial_distill:
+                assert pos is not None and gt_pos is not None
+                terms["spatial_distill"] = soft_cross_entropy(pos, gt_pos.detach(), dim=-1)
+            return {name: self.weights[name] * value for name, value in terms.items()}
