@@ -334,7 +334,6 @@ class AFFormer(nn.Module):
         if weights is not None:
             self.load_pretrained(weights)
 
-
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(images)  # (B, C_0, H/4, W/4)
         features = []

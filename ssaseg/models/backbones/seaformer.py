@@ -306,7 +306,6 @@ class SeaFormer(nn.Module):
         if weights is not None:
             self.load_pretrained(weights)
 
-
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         x = images  # (B, 3, H, W)
         features = []
