@@ -12,6 +12,11 @@ from ssaseg import atomic_io
 LAST = "last.pt"
 
 
+def last_checkpoint(run_dir: str | Path) -> Path:
+    """Where a run keeps its resumable state: ``<run_dir>/checkpoints/last.pt``."""
+    return Path(run_dir) / "checkpoints" / LAST
+
+
 def save(path: str | Path, state: dict[str, Any]) -> None:
     with atomic_io.atomic_path(path) as tmp:
         torch.save(state, tmp)

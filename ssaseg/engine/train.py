@@ -141,7 +141,7 @@ def train(cfg: RunConfig, progress: bool = True) -> Path:
 def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: torch.device,
            stop: _StopSignals) -> Path:
     run_dir = Path(cfg.run_dir)
-    ckpt_path = run_dir / "checkpoints" / checkpoint.LAST
+    ckpt_path = checkpoint.last_checkpoint(run_dir)
 
     dataset = SegmentationDataset(cfg.dataset.root, "train", train=True,
                                   crop_size=cfg.dataset.crop_size,
@@ -193,7 +193,7 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
                 progress, info: distributed.DistInfo = distributed.DistInfo(),
                 stop: _StopSignals | None = None) -> Path:
     run_dir = Path(cfg.run_dir)
-    ckpt_path = run_dir / "checkpoints" / checkpoint.LAST
+    ckpt_path = checkpoint.last_checkpoint(run_dir)
     meta = dataset.meta
     stop = stop or _StopSignals()
     sampler = TrainBatches(len(dataset), cfg.train.batch_size, cfg.seed, start, cfg.train.iters,
