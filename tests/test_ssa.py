@@ -15,6 +15,7 @@ from ssaseg.models.classifiers.class_centers import (
     batch_class_means,
     image_class_means,
     soft_class_means,
+    weighted_pixel_sums,
 )
 from ssaseg.models.classifiers.ssa import SSAClassifier
 from ssaseg.models.dice import dice_loss
@@ -282,6 +283,30 @@ def test_soft_class_means_match_loop():
         for k in range(3):
             expected = (weights[b, k] * values[b]).sum(1) / (weights[b, k].sum() + 1e-12)
             assert torch.allclose(got[b, k], expected, atol=1e-6)
+
+
+def test_weighted_pixel_sums_gradients_and_layout():
+    """The hand-written backward against autograd on an einsum; gradients in NCHW layout; under
+    autocast the product runs in bf16 and the gradients come back in the inputs' dtypes."""
+    gen = torch.Generator().manual_seed(0)
+    weights = torch.rand(2, 3, 10, dtype=torch.float64, generator=gen).requires_grad_()
+    values = torch.randn(2, 4, 10, dtype=torch.float64, generator=gen).requires_grad_()
+    assert torch.autograd.gradcheck(weighted_pixel_sums, (weights, values))
+    got = weighted_pixel_sums(weights, values)
+    torch.testing.assert_close(got, torch.einsum("bkp,bcp->bkc", weights, values))
+    g_weights, g_values = torch.autograd.grad(got.square().sum(), [weights, values])
+    assert g_values.is_contiguous() and g_weights.is_contiguous()
+
+    weights32, values32 = (t.detach().float().requires_grad_() for t in (weights, values))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = weighted_pixel_sums(weights32, values32)
+    assert out.dtype == torch.bfloat16
+    grads = torch.autograd.grad(out.float().sum(), [weights32, values32])
+    want = torch.autograd.grad(weighted_pixel_sums(weights32, values32).sum(),
+                               [weights32, values32])
+    for g, w in zip(grads, want):
+        assert g.dtype == torch.float32
+        torch.testing.assert_close(g, w, atol=0.05, rtol=0.02)
 
 
 def test_dice_matches_loop():

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from ssaseg.models.mixed_precision import autocast_off, matmul_dtype
+
 
 def class_sums(
     values: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int
@@ -77,6 +79,43 @@ def image_class_means(
     return _mean_or_fallback(sums, counts, fallback)  # (B, K, C)
 
 
+class _WeightedPixelSums(torch.autograd.Function):
+    """weights (B, K, hw), values (B, C, hw) -> weights @ values^T, (B, K, C).
+
+    Autograd would return the gradient of ``values`` as the transpose of a (B, hw, C) product,
+    a strided tensor that every later accumulation into the (B, C, hw) gradient reads across
+    its rows; here both gradients are computed in the inputs' own layout.
+    """
+
+    @staticmethod
+    def forward(ctx, weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        compute = matmul_dtype(weights, values)
+        ctx.input_dtypes = (weights.dtype, values.dtype)
+        with autocast_off(values.device.type):
+            weights_c, values_c = weights.to(compute), values.to(compute)
+            ctx.save_for_backward(weights_c, values_c)
+            return torch.bmm(weights_c, values_c.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weights, values = ctx.saved_tensors
+        grad = grad.to(values.dtype)  # (B, K, C)
+        grad_weights = grad_values = None
+        with autocast_off(values.device.type):
+            if ctx.needs_input_grad[0]:
+                grad_weights = torch.bmm(grad, values).to(ctx.input_dtypes[0])  # (B, K, hw)
+            if ctx.needs_input_grad[1]:
+                grad_values = torch.bmm(grad.transpose(1, 2), weights)  # (B, C, hw)
+                grad_values = grad_values.to(ctx.input_dtypes[1])
+        return grad_weights, grad_values
+
+
+def weighted_pixel_sums(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``sum_p weights[b, k, p] * values[b, :, p]``: weights (B, K, hw), values (B, C, hw)
+    -> (B, K, C), with both gradients in their inputs' layout."""
+    return _WeightedPixelSums.apply(weights, values)
+
+
 def soft_class_means(
     values: torch.Tensor, weights: torch.Tensor, eps: float = 1e-12
 ) -> torch.Tensor:
@@ -84,5 +123,5 @@ def soft_class_means(
 
     values: (B, C, hw); weights: (B, K, hw), e.g. a softmax over classes. Returns (B, K, C).
     """
-    sums = torch.bmm(weights, values.transpose(1, 2))  # (B, K, C)
+    sums = weighted_pixel_sums(weights, values)  # (B, K, C)
     return sums / (weights.sum(-1, keepdim=True) + eps)

@@ -53,7 +53,9 @@ from ssaseg.models.classifiers.class_centers import (
     batch_class_means,
     image_class_means,
     soft_class_means,
+    weighted_pixel_sums,
 )
+from ssaseg.models.classifiers.cosine import cosine_logits
 from ssaseg.models.classifiers.linear import LinearClassifier
 from ssaseg.models.dice import dice_loss
 from ssaseg.models.distillation import (
@@ -79,35 +81,6 @@ def _prototype_mlp(channels: int) -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.Linear(channels // 2, channels),
     )
-
-
-def pixel_scale(pixels: torch.Tensor, scale: float) -> torch.Tensor:
-    """``scale / |pixel|`` per pixel: (B, C, h, w) -> (B, 1, hw).
-
-    A sum of squares: ``Tensor.norm`` over the strided channel axis is ~10x slower on CPU.
-    Computed once and shared by the student and the teacher.
-    """
-    squared = pixels.flatten(2).square().sum(1, keepdim=True)  # (B, 1, hw)
-    return scale / (squared.sqrt() + 1e-12)
-
-
-def cosine_logits(
-    pixels: torch.Tensor, centers: torch.Tensor, scales: torch.Tensor, in_place: bool = False
-) -> torch.Tensor:
-    """``scale * cos(pixel, center_k)`` for every pixel and class.
-
-    pixels: (B, C, h, w); centers: (B, K, C); scales: (B, 1, hw) from :func:`pixel_scale`.
-    Returns (B, K, h, w). The pixel norm divides the (B, K, hw) product rather than the
-    (B, C, hw) features: the same value, without a normalised copy of the features.
-    ``in_place`` (only without autograd) scales the product in its own buffer.
-    """
-    batch, _, height, width = pixels.shape
-    flat = pixels.flatten(2)  # (B, C, hw)
-    centers = centers / (centers.norm(dim=-1, keepdim=True) + 1e-12)  # (B, K, C)
-    logits = torch.bmm(centers.to(flat.dtype), flat)  # (B, K, hw)
-    in_place = in_place and logits.dtype == scales.dtype  # under autocast: promote instead
-    logits = logits.mul_(scales) if in_place else logits * scales
-    return logits.view(batch, -1, height, width)
 
 
 class SSAClassifier(nn.Module):
@@ -268,7 +241,7 @@ class SSAClassifier(nn.Module):
         self, feature: torch.Tensor, labels: torch.Tensor | None = None
     ) -> ClassifierOutput:
         """feature (B, C, h, w) before dropout; labels (B, H, W) in training."""
-        batch, channels = feature.shape[:2]
+        batch = feature.shape[0]
         with_teacher = self.training and labels is not None
         # no autograd and no teacher: intermediate buffers may be overwritten in place
         in_place = not (torch.is_grad_enabled() or with_teacher)
@@ -290,11 +263,9 @@ class SSAClassifier(nn.Module):
         else:
             sem = weight  # (K, C), the fixed prototypes
         centers = self.center_proj(sem if pos is None else sem + pos)  # (B, K, C) or (K, C)
-        scales = pixel_scale(pixels, self.temperature)  # (B, 1, hw)
-        logits = cosine_logits(pixels, centers.expand(batch, -1, -1), scales, in_place)
 
         if not with_teacher:
-            return ClassifierOutput(logits)
+            return ClassifierOutput(cosine_logits(pixels, [centers], self.temperature)[0])
 
         # teacher: the same construction from ground-truth (or coarse-mask) class centres
         small_labels = resize_labels(labels, tuple(feature.shape[-2:]))  # (B, h, w)
@@ -321,9 +292,8 @@ class SSAClassifier(nn.Module):
         elif self.use_sppa:
             gt_pos = self.position_basis  # (K, C)
         gt_centers = self.teacher_center_proj(gt_sem if gt_pos is None else gt_sem + gt_pos)
-        teacher_logits = cosine_logits(
-            pixels, gt_centers.expand(batch, -1, -1), scales
-        )  # (B, K, h, w)
+        # student and teacher against the same pixels in one call: (B, K, h, w) each
+        logits, teacher_logits = cosine_logits(pixels, [centers, gt_centers], self.temperature)
 
         losses = self._losses(
             coarse, logits, teacher_logits, labels, small_labels, sem, gt_sem, pos, gt_pos
@@ -337,9 +307,7 @@ class SSAClassifier(nn.Module):
             return basis
         batch = position.shape[0]
         spatial_attention = flat_coarse.softmax(-1)  # (B, K, hw), over positions
-        pos_centers = torch.bmm(
-            spatial_attention, position.flatten(2).transpose(1, 2)
-        )  # (B, K, C)
+        pos_centers = weighted_pixel_sums(spatial_attention, position.flatten(2))  # (B, K, C)
         return self.pos_mlp(torch.cat([basis.expand(batch, -1, -1), pos_centers], -1))
 
     def _losses(

@@ -10,13 +10,12 @@ reference (SegNeXt's and mmsegmentation's ham_head.py) back-propagates through a
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ssaseg.models.heads.base import HeadOutput
+from ssaseg.models.mixed_precision import autocast_off
 
 
 class ConvGNReLU(nn.Sequential):
@@ -32,12 +31,6 @@ class ConvGNReLU(nn.Sequential):
         if act:
             layers.append(nn.ReLU(inplace=True))
         super().__init__(*layers)
-
-
-def _autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type in ("cuda", "cpu"):
-        return torch.autocast(device_type=device.type, enabled=False)
-    return contextlib.nullcontext()  # e.g. the meta device, which has no autocast
 
 
 class NMF2D(nn.Module):
@@ -92,7 +85,7 @@ class NMF2D(nn.Module):
         b, c, h, w = x.shape
         dtype = x.dtype
         # fp32 even under autocast: the updates divide by sums of products
-        with _autocast_off(x.device):
+        with autocast_off(x.device.type):
             x = x.float().reshape(b * self.groups, c // self.groups, h * w)  # (G, D, N)
             bases = F.normalize(
                 torch.rand(x.shape[0], x.shape[1], self.rank, device=x.device), dim=1
