@@ -22,6 +22,12 @@ From the repository root, with the package installed (``pip install -e .``) or
     HF_HUB_OFFLINE=1 python benchmarks/bench_ssa.py --only cost --models segformer_b0 segnext_t
 
 Every figure is fp32 on the CPU with a fixed torch thread count, printed with its settings.
+With glibc's default allocator every tensor over 32 MB is a fresh ``mmap``, so much of (a) is
+first-touch page faults (more of them in the loop-based version); to time the arithmetic alone,
+run with an allocator that keeps freed memory:
+
+    MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=100000000000 MALLOC_TOP_PAD_=1000000000 \
+        HF_HUB_OFFLINE=1 python benchmarks/bench_ssa.py --only train
 """
 
 from __future__ import annotations
@@ -299,10 +305,8 @@ def bench_cost(args) -> list[dict]:
             with torch.device("meta"):
                 model = build_segmentor(name, clf, args.classes)
             images = torch.empty(1, 3, args.infer_size, args.infer_size, device="meta")
-            teacher = sum(p.numel() for n, p in model.classifier.named_parameters()
-                          if n.startswith("teacher_"))
             counts[clf] = dict(
-                params=count_params(model), inference_params=count_params(model) - teacher,
+                params=count_params(model, deployed=False), inference_params=count_params(model),
                 full=count_flops_full(model, images),
                 mmcv=count_flops_mmcv(model, images, spec.mmcv_uncounted),
             )
