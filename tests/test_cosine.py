@@ -7,18 +7,13 @@ import pytest
 import torch
 
 from ssaseg.models.classifiers.cosine import cosine_logits
+from tests.test_ssa import slow_cosine_logits
 
 
 def slow_cosine(pixels, centers, temperature):
-    """Per pixel, by autograd: t * <c / |c|, x / |x|>. pixels (B, C, h, w), centers (B, M, C)."""
-    batch, channels, height, width = pixels.shape
-    unit = centers / centers.norm(dim=-1, keepdim=True)
-    rows = []
-    for b in range(batch):
-        x = pixels[b].reshape(channels, -1)  # (C, hw)
-        cols = [temperature * unit[b] @ (x[:, p] / x[:, p].norm()) for p in range(x.shape[1])]
-        rows.append(torch.stack(cols, -1).view(-1, height, width))
-    return torch.stack(rows)
+    """The per-pixel reference of the SSA tests, image by image: pixels (B, C, h, w), centers
+    (B, M, C) -> (B, M, h, w), differentiable by autograd."""
+    return torch.stack([slow_cosine_logits(p, c, temperature) for p, c in zip(pixels, centers)])
 
 
 def inputs(shared_second=False, dtype=torch.float64, seed=0):

@@ -183,7 +183,7 @@ def slow_soft_ce(student, teacher):
 def slow_cosine_logits(pixels, centers, scale):
     """pixels (C, h, w), centers (K, C), one image, pixel by pixel."""
     _, height, width = pixels.shape
-    out = torch.zeros(centers.shape[0], height, width)
+    out = torch.zeros(centers.shape[0], height, width, dtype=pixels.dtype)
     c_norm = centers / (centers.norm(dim=1, keepdim=True) + 1e-12)
     for i in range(height):
         for j in range(width):
