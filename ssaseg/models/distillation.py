@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssaseg.models.mixed_precision import autocast_off
+
 
 def _l2_normalize(x: torch.Tensor, dim: int, eps: float = 1e-12) -> torch.Tensor:
     return x / (x.norm(dim=dim, keepdim=True) + eps)
@@ -74,7 +76,7 @@ def relation_distillation_loss(
     proto_j is detached. Penalises the off-diagonal entries where the student's relation
     exceeds the teacher's: mean over (b, i) of sum_j relu(R_s - R_t)[b, i, j], j != i.
     """
-    with torch.autocast(student.device.type, enabled=False):  # the matmuls too stay fp32
+    with autocast_off(student.device.type):  # the matmuls too stay fp32
         student = _l2_normalize(student.float(), dim=-1)  # (B, K, C)
         teacher = _l2_normalize(teacher.detach().float(), dim=-1)  # (B, K, C) or (K, C)
         r_student = F.softmax(temperature * student @ student.detach().transpose(-1, -2), -1)

@@ -64,6 +64,7 @@ from ssaseg.models.distillation import (
     soft_cross_entropy,
 )
 from ssaseg.models.losses import resize_labels, resize_logits, segmentation_cross_entropy
+from ssaseg.models.mixed_precision import autocast_off
 
 # Arguments whose value differs between the reference code (the defaults) and the paper.
 PRESETS: dict[str, dict[str, float | int]] = {
@@ -323,7 +324,7 @@ class SSAClassifier(nn.Module):
         gt_pos: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
         """All terms in fp32 (autocast off), each multiplied by its weight."""
-        with torch.autocast(logits.device.type, enabled=False):
+        with autocast_off(logits.device.type):
             size = tuple(labels.shape[-2:])
             logits, teacher_logits = logits.float(), teacher_logits.float()  # (B, K, h, w)
             up_logits = resize_logits(logits, size)  # (B, K, H, W)
