@@ -12,6 +12,7 @@ override layer (``model_overrides``), fills defaults, validates, and returns a f
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import inspect
 import json
@@ -29,8 +30,16 @@ class ConfigError(ValueError):
     """A params file is invalid; the message names the file and the key."""
 
 
-def load_schema() -> dict:
+@functools.lru_cache(maxsize=1)
+def _parsed_schema() -> dict:
+    """The schema, parsed once per process: parsing it is slow (~0.15 s) and Snakemake resolves
+    every run's config, possibly hundreds of times, while it plans."""
     return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+def load_schema() -> dict:
+    """A fresh copy of the params schema (callers may fill defaults into it)."""
+    return copy.deepcopy(_parsed_schema())
 
 
 def _validator_filling_defaults(schema: dict) -> jsonschema.protocols.Validator:
