@@ -119,11 +119,13 @@ def cmd_init_tracking(args) -> int:
     from ssaseg.tracking import init_store
 
     params = _params(args)
-    init_store(params["tracking"]["uri"])
+    # one experiment per dataset: created here, before the DAG's jobs start side by side
+    init_store(params["tracking"]["uri"], experiments=list(params["datasets"]))
     if args.marker:
         Path(args.marker).parent.mkdir(parents=True, exist_ok=True)
         Path(args.marker).write_text(params["tracking"]["uri"] + "\n")
-    print(f"tracking store ready: {params['tracking']['uri']}")
+    print(f"tracking store ready: {params['tracking']['uri']} (experiments: "
+          f"{', '.join(params['datasets'])})")
     return 0
 
 
@@ -313,10 +315,11 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     from ssaseg.data.layout import DatasetError
+    from ssaseg.engine.run_lock import RunLockedError
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, KeyError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, RunLockedError, KeyError, FileNotFoundError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -5,9 +5,14 @@ in ``<run_dir>/mlflow_run_id.txt`` next to the checkpoint. Only rank 0 of a dist
 tracks (:class:`NullTracker` elsewhere).
 
 The default store is a local SQLite file. Two processes creating a fresh SQLite store at once
-crash, so :func:`init_store` is run once, before parallel jobs start (Snakemake's
-``init_tracking`` rule), and switches the file to write-ahead logging, so that the local jobs
-running side by side read while one writes (writers queue on SQLite's busy timeout).
+crash (both run MLflow's table migrations), and two processes creating the same experiment at
+once collide on its unique name. Both are made safe for any number of simultaneous first users:
+the store is created under a file lock (``<db>.lock``, :func:`init_store`, which every tracker
+calls before its first use), and an experiment that another process created first is used, not
+an error (:func:`experiment_id`). Snakemake's ``init_tracking`` rule additionally creates the
+store and every experiment of the DAG before parallel jobs start. The store is switched to
+write-ahead logging, so that local jobs running side by side read while one writes (writers
+queue on SQLite's busy timeout).
 
 On a cluster, many jobs must not write one SQLite file on a network filesystem (its locks do
 not hold there, and WAL needs shared memory): start a server on the login node and point
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +44,53 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def init_store(uri: str) -> None:
-    """Create the tracking store (SQLite tables) if needed; safe to call again. A SQLite store
-    is switched to write-ahead logging (a property of the file, kept by every later process)."""
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    _client(uri).search_experiments(max_results=1)
-    if uri.startswith("sqlite:///"):
-        import sqlite3
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, None for any other store."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
-        with sqlite3.connect(uri.removeprefix("sqlite:///"), timeout=60) as db:
-            db.execute("PRAGMA journal_mode=WAL")
+
+def init_store(uri: str, experiments: Iterable[str] = ()) -> None:
+    """Create the tracking store if needed, then each of ``experiments``; safe to call again and
+    from many processes at once. A SQLite store is created under a file lock beside it and
+    switched to write-ahead logging (a property of the file, kept by every later process)."""
+    path = sqlite_path(uri)
+    if path is None:  # a server (or database) creates its own store
+        client = _client(uri)
+    else:
+        from filelock import FileLock
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Every process takes the lock around its first use of the store: MLflow runs its table
+        # migrations when it finds no tables, and two doing so at once crash ("duplicate column").
+        with FileLock(f"{path}.lock", timeout=600):
+            client = _client(uri)
+            client.search_experiments(max_results=1)  # creates the tables on a fresh file
+            import sqlite3
+
+            with sqlite3.connect(path, timeout=60) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+    for name in experiments:
+        experiment_id(client, name)
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment ``name``, created if it does not exist. Another process may create it
+    between our look-up and our create: its "already exists" is then the answer, not an error."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name)
+        except MlflowException:
+            found = client.get_experiment_by_name(name)
+            if found is None:  # the create failed for another reason
+                raise
+    if found.lifecycle_stage != "active":
+        raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow "
+                           f"experiments restore --experiment-id {found.experiment_id}`) or "
+                           "purge it (`mlflow gc`) before tracking runs in it")
+    return found.experiment_id
 
 
 def server_command(host: str, port: int, backend_store: str, artifacts: str,
@@ -105,6 +146,7 @@ class RunTracker:
                           f"{os.environ['SLURM_JOB_ID']}: jobs on several nodes must not share "
                           "one SQLite file; start `python -m ssaseg tracking-server` on the "
                           "login node and set tracking.uri: http://<host>:<port>", stacklevel=2)
+        init_store(uri)
         self.client = _client(uri)
         id_file = Path(run_dir) / RUN_ID_FILE
         if id_file.is_file():
@@ -115,9 +157,7 @@ class RunTracker:
             raise FileNotFoundError(
                 f"{id_file} not found: train this run first (it creates the MLflow run)"
             )
-        found = self.client.get_experiment_by_name(experiment)
-        exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
-        run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+        run = self.client.create_run(experiment_id(self.client, experiment), run_name=run_name, tags=dict(tags or {}))
         self.run_id = run.info.run_id
         if params:
             self.log_params(params)

@@ -23,10 +23,13 @@ def test_default_params_are_valid_and_expand_to_runs():
         (lambda p: p["train"].update(iters=0), "train.iters: 0 is less than the minimum of 1"),
         (lambda p: p["train"].update(optimizer={"name": "lamb"}), "train.optimizer.name: 'lamb'"),
         (lambda p: p.update(models=["segformer_b9"]), "models: unknown name 'segformer_b9'; known:"),
-        (lambda p: p.update(classifiers={"svm": {}}), "classifiers: unknown name 'svm'"),
+        (lambda p: p.update(classifiers={"svm": {}}),
+         "classifiers: Additional properties are not allowed ('svm' was unexpected); allowed: "
+         "linear, ssa, protoseg"),
         (lambda p: p.update(datasets={"imagenet": {}}), "datasets: unknown name 'imagenet'"),
         (lambda p: p["classifiers"].update(linear={"dropuot": 0.1}),
-         "classifiers.linear: unknown parameter(s) ['dropuot']; linear accepts: dropout"),
+         "classifiers.linear: Additional properties are not allowed ('dropuot' was unexpected); "
+         "allowed: dropout, loss_weight"),
         (lambda p: p["datasets"]["synthetic"].update(crop_size=[64]), "datasets.synthetic.crop_size"),
     ],
 )
@@ -77,3 +80,96 @@ def test_cli_prints_resolved_config_and_reports_errors(tmp_path, mini_params, ca
     bad = write_params(tmp_path / "bad.yaml", mini_params)
     assert main(["config", "--params", str(bad)]) == 2
     assert "unknown name 'nope'" in capsys.readouterr().err
+
+
+# Each bad value of issue #14 item 8: caught at validation, before any work, as one line that
+# names the key. Before the strict types, 1.0e+3 passed as an integer and .nan as a number.
+BAD_VALUES = [
+    (lambda p: p["train"].update(iters=1.0e3),
+     "train.iters: 1000.0 is not of type 'integer' (write it as a whole number: 1000)"),
+    (lambda p: p["train"]["optimizer"].update(lr=float("nan")),
+     "train.optimizer.lr: nan is not a finite number"),
+    (lambda p: p["train"]["optimizer"].update(lr=float("inf")),
+     "train.optimizer.lr: inf is not a finite number"),
+    (lambda p: p["train"].update(pretrained=1), "train.pretrained: 1 is not of type 'boolean'"),
+    (lambda p: p["classifiers"].update(ssa={"temperature": "hot"}),
+     "classifiers.ssa.temperature: 'hot' is not of type 'number'"),
+    (lambda p: p["classifiers"].update(ssa={"boundary_width": 2.5}),
+     "classifiers.ssa.boundary_width: 2.5 is not of type 'integer'"),
+    (lambda p: p["classifiers"].update(protoseg={"hard_assignment": "max"}),
+     "classifiers.protoseg.hard_assignment: 'max' is not one of ['gumbel', 'argmax']"),
+    (lambda p: p["datasets"]["synthetic"]["options"].update(num_trian=5),
+     "datasets.synthetic.options: Additional properties are not allowed ('num_trian' was "
+     "unexpected); allowed: seed, num_train"),
+    (lambda p: p["datasets"]["synthetic"]["options"].update(image_size="big"),
+     "datasets.synthetic.options.image_size: 'big' is not of type 'integer'"),
+    (lambda p: p["profile"].update(repeats=True), "profile.repeats: True is not of type 'integer'"),
+]
+
+
+@pytest.mark.parametrize("mutate, fragment", BAD_VALUES)
+def test_bad_values_stop_train_with_exit_2_and_one_line(tmp_path, mini_params, capsys, mutate,
+                                                        fragment):
+    mutate(mini_params)
+    path = write_params(tmp_path / "bad.yaml", mini_params)
+    code = main(["train", "--params", str(path), "--dataset", "synthetic", "--model",
+                 "segformer_b0", "--classifier", "linear", "--seed", "0"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and fragment in err and str(path) in err, err
+    assert not (tmp_path / "results").exists()  # stopped before any work
+
+
+@pytest.mark.parametrize("content, kind", [("- name: a\n- name: b\n", "list"), ("42\n", "int"),
+                                           ("just words\n", "str")])
+def test_a_params_file_that_is_not_a_mapping_is_named(tmp_path, capsys, content, kind):
+    path = tmp_path / "odd.yaml"
+    path.write_text(content)
+    assert main(["config", "--params", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert f"{path}: the top level must be a mapping of keys" in err and f"not a {kind}" in err
+
+
+def test_schema_lists_every_classifier_and_dataset_parameter_as_the_code_defines_it():
+    """The schema documents (and validates) each constructor's keyword parameters: same names,
+    types and defaults. A parameter added to a classifier or a prepare step must be added to
+    workflow/schemas/params.schema.yaml ($defs) too, or this fails."""
+    import inspect
+
+    from ssaseg.config import load_schema
+    from ssaseg.data.prepare import PREPARERS
+    from ssaseg.models.classifiers import CLASSIFIERS
+
+    schema = load_schema()
+    json_type = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
+    assert set(schema["properties"]["classifiers"]["properties"]) == set(CLASSIFIERS)
+    assert set(schema["$defs"]["dataset_options"]) - {"archive"} == set(PREPARERS)
+    entries = [(schema["$defs"][n], c, {"in_channels", "num_classes", "ignore_index"})
+               for n, c in CLASSIFIERS.items()]
+    entries += [(schema["$defs"]["dataset_options"][n], f, {"raw_dir", "out_dir"})
+                for n, f in PREPARERS.items()]
+    for entry, constructor, positional in entries:
+        params = {k: v for k, v in inspect.signature(constructor).parameters.items()
+                  if k not in positional}
+        assert set(entry["properties"]) == set(params), constructor
+        for name, param in params.items():
+            prop = entry["properties"][name]
+            assert prop["type"] == json_type[str(param.annotation)], (constructor, name)
+            assert prop["description"].endswith(f"(default {param.default})"), (constructor, name)
+            assert "default" not in prop  # the constructor (and SSA's preset) owns the default
+
+
+def test_validating_a_paper_table_imports_no_torch():
+    """Planning speed: Snakemake validates the params (and resolves every run) while it plans;
+    importing torch would add seconds to every `snakemake -n` and every cluster job."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ssaseg.config import all_runs, load_params, resolve_run; "
+            "p = load_params('params/ade20k.yaml'); [resolve_run(p, *r) for r in all_runs(p)]; "
+            "print(sorted(m for m in ('torch', 'timm', 'mlflow') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

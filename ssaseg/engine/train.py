@@ -25,6 +25,7 @@ on the stop iteration (one all-reduce per iteration carries the flag with the lo
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import math
 import signal
@@ -43,6 +44,7 @@ from ssaseg.data.dataset import SegmentationDataset, TrainBatches
 from ssaseg.engine import checkpoint, distributed
 from ssaseg.engine.device import amp_dtype, autocast, select_device
 from ssaseg.engine.optim import build_optimizer, set_lr
+from ssaseg.engine.run_lock import RunLock
 from ssaseg.models.zoo import build_segmentor
 from ssaseg.tracking import RUN_ID_FILE, NullTracker, RunTracker, device_tag, git_commit
 
@@ -134,7 +136,9 @@ def train(cfg: RunConfig, progress: bool = True) -> Path:
     if cfg.train.gpus > 1 and not info.distributed:
         print(f"note: train.gpus is {cfg.train.gpus} but this is a single process; launch with "
               f"torchrun --nproc-per-node {cfg.train.gpus} for DDP", file=sys.stderr)
-    with _StopSignals() as stop:
+    # rank 0 alone holds the run directory: the ranks of one job share it by design
+    owner = RunLock(cfg.run_dir) if info.is_main else contextlib.nullcontext()
+    with owner, _StopSignals() as stop:
         return _train(cfg, progress and info.is_main, info, device, stop)
 
 

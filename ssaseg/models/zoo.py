@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from torch import nn
+if TYPE_CHECKING:
+    from ssaseg.models.segmentor import Segmentor
 
-from ssaseg.models.backbones import BACKBONES
-from ssaseg.models.classifiers import build_classifier
-from ssaseg.models.heads import HEADS
-from ssaseg.models.segmentor import Segmentor
+# This module is plain data and imports no torch: validating a params file (which checks model
+# names against MODELS) must stay instant. build_segmentor imports the model code it needs.
 
 
 @dataclass(frozen=True)
@@ -153,9 +152,14 @@ def build_segmentor(
     weights: str | Path | None = None,
 ) -> Segmentor:
     """Compose backbone, head and classifier for a named model and classifier."""
+    from ssaseg.models.backbones import BACKBONES
+    from ssaseg.models.classifiers import build_classifier
+    from ssaseg.models.heads import HEADS
+    from ssaseg.models.segmentor import Segmentor
+
     spec = model_spec(model)
-    backbone: nn.Module = BACKBONES[spec.backbone](weights=weights, **spec.backbone_kwargs)
-    head: nn.Module = HEADS[spec.head](
+    backbone = BACKBONES[spec.backbone](weights=weights, **spec.backbone_kwargs)
+    head = HEADS[spec.head](
         in_channels=backbone.out_channels,
         in_strides=backbone.out_strides,
         num_classes=num_classes,

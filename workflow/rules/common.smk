@@ -1,5 +1,6 @@
 # Validate the params before any rule is defined, and build the target lists.
 import copy
+import functools
 import os
 import re
 import sys
@@ -79,11 +80,16 @@ def run_settings(section):
     affects it, and no other: "train" is the hash of everything that shapes the trained model."""
 
     def settings(wildcards):
-        cfg = resolve_run(PARAMS, wildcards.dataset, wildcards.model, wildcards.classifier,
-                          int(wildcards.seed))
+        cfg = run_config(wildcards.dataset, wildcards.model, wildcards.classifier, wildcards.seed)
         return cfg.config_hash() if section == "train" else repr(getattr(cfg, section))
 
     return settings
+
+
+@functools.cache
+def run_config(dataset, model, classifier, seed):
+    """The resolved config of one run, once per run however many rules ask (planning speed)."""
+    return resolve_run(PARAMS, dataset, model, classifier, int(seed))
 
 
 def get_final_output():

@@ -41,7 +41,7 @@ def train_cpus_per_task(wildcards):
 rule train_model:
     input:
         manifest=rules.prepare_dataset.output.manifest,
-        tracking=rules.init_tracking.output.marker,
+        tracking=ancient(rules.init_tracking.output.marker),  # created once, never a re-run cause
         weights=model_weights,
     output:
         model=f"{RUN}/model.pt",
