@@ -51,3 +51,23 @@ class Segmentor(nn.Module):
     def predict(self, images: torch.Tensor) -> torch.Tensor:
         """Logits (B, K, H, W) at the input resolution, fp32."""
         return resize_logits(self(images).logits.float(), images.shape[-2:])
+
+
+class MaskClassificationSegmentor(Segmentor):
+    """Backbone -> mask-classification head (Mask2Former) -> mask-classification classifier
+    (``ssaseg/models/classifiers/mask_classification.py``): the classifier receives the head's
+    per-pixel embedding *and* its per-query predictions, and computes every loss."""
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> SegmentorOutput:
+        head_out = self.head(self.backbone(images))
+        out = self.classifier(head_out.feature, head_out.mask_predictions,
+                              labels if self.training else None)
+        return SegmentorOutput(out.logits, dict(out.losses))
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Scores (B, K, H, W) at the input resolution, fp32 (the classifier decides how:
+        Mask2Former's own inference upsamples the masks before combining them)."""
+        head_out = self.head(self.backbone(images))
+        return self.classifier.predict(head_out.feature, head_out.mask_predictions,
+                                       tuple(images.shape[-2:]))

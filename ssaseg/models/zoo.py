@@ -27,6 +27,10 @@ class ModelSpec:
     # module-name patterns (fnmatch, relative to the Segmentor) that the *reference*
     # implementation runs inside code mmcv's FLOP counter cannot see (see engine/flops.py)
     mmcv_uncounted: tuple[str, ...] = ()
+    # a mask-classification head (Mask2Former): its classifiers are those of
+    # models/classifiers/mask_classification.py, built with these set-criterion settings
+    mask_classification: bool = False
+    criterion_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -134,6 +138,30 @@ MODELS: dict[str, ModelSpec] = {
         head="afformer", head_kwargs=dict(in_index=-1, channels=256),
         description="AFFormer-B (ours) + AFFormer's single ConvGNReLU head",
     ),
+    "upernet_vit_adapter_l": ModelSpec(
+        # czczup/ViT-Adapter configs/ade20k/upernet_augreg_adapter_large_512_160k_ade20k.py =
+        # xwmaxwma/SSAClassifier configs/vit-adapter/*: the ViTAdapter defaults are its settings
+        backbone="vit_adapter", backbone_kwargs=dict(drop_path_rate=0.4),
+        head="uper", head_kwargs=dict(channels=512, aux_in_index=2, aux_channels=256),
+        description="UperNet-ViT-Adapter-L: AugReg ViT-L/16 (384) + ViT-Adapter (SPM, 4 "
+        "injector/extractor interactions) + UPerNet (512 channels) + auxiliary FCN on stage 3",
+    ),
+    "mask2former_r50": ModelSpec(
+        # facebookresearch/Mask2Former configs/ade20k/semantic-segmentation/
+        # maskformer2_R50_bs16_160k.yaml (= mmsegmentation 1.2.2 mask2former_r50_8xb2-160k_ade20k):
+        # torchvision-style ResNet-50 with frozen BatchNorm (statistics and affine)
+        backbone="timm",
+        backbone_kwargs=dict(model_name="resnet50", out_indices=(1, 2, 3, 4),
+                             freeze_bn_stats=True, freeze_bn_affine=True),
+        head="mask2former",
+        mask_classification=True,
+        criterion_kwargs=dict(class_weight=2.0, mask_weight=5.0, dice_weight=5.0,
+                              no_object_weight=0.1, num_points=12544, oversample_ratio=3.0,
+                              importance_sample_ratio=0.75),
+        description="Mask2Former-R50: ResNet-50 (frozen BN) + deformable-attention pixel "
+        "decoder (6 layers) + masked-attention decoder (9 layers, 100 queries); mask "
+        "classification: `linear` is its own semantic inference",
+    ),
 }
 
 
@@ -154,8 +182,9 @@ def build_segmentor(
     """Compose backbone, head and classifier for a named model and classifier."""
     from ssaseg.models.backbones import BACKBONES
     from ssaseg.models.classifiers import build_classifier
+    from ssaseg.models.classifiers.mask_classification import build_mask_classifier
     from ssaseg.models.heads import HEADS
-    from ssaseg.models.segmentor import Segmentor
+    from ssaseg.models.segmentor import MaskClassificationSegmentor, Segmentor
 
     spec = model_spec(model)
     backbone = BACKBONES[spec.backbone](weights=weights, **spec.backbone_kwargs)
@@ -165,6 +194,10 @@ def build_segmentor(
         num_classes=num_classes,
         **spec.head_kwargs,
     )
+    if spec.mask_classification:
+        clf = build_mask_classifier(classifier, head.out_channels, num_classes, ignore_index,
+                                    criterion=spec.criterion_kwargs, **(classifier_params or {}))
+        return MaskClassificationSegmentor(backbone, head, clf, ignore_index)
     clf = build_classifier(
         classifier, head.out_channels, num_classes, ignore_index, **(classifier_params or {})
     )

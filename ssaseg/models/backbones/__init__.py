@@ -10,10 +10,12 @@ from ssaseg.models.backbones.afformer import AFFormer
 from ssaseg.models.backbones.mscan import MSCAN
 from ssaseg.models.backbones.seaformer import SeaFormer
 from ssaseg.models.backbones.timm_backbone import TimmBackbone
+from ssaseg.models.backbones.vit_adapter import ViTAdapter
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "timm": TimmBackbone,
     "mscan": MSCAN,
     "seaformer": SeaFormer,
     "afformer": AFFormer,
+    "vit_adapter": ViTAdapter,
 }

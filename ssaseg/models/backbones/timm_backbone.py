@@ -30,7 +30,9 @@ class TimmBackbone(nn.Module):
     size. ``dynamic_size``: make EfficientFormerV2's fixed-size attention accept any size (see
     :mod:`ssaseg.models.backbones.timm_dynamic`). ``freeze_bn_stats``: keep every BatchNorm in
     eval mode during training (running statistics frozen, affine parameters still trained), as
-    CGRSeg's EfficientFormerV2 does.
+    CGRSeg's EfficientFormerV2 does. ``freeze_bn_affine``: also keep the BatchNorm scales and
+    shifts fixed (``requires_grad=False``); with ``freeze_bn_stats`` this is detectron2's
+    FrozenBatchNorm, which Mask2Former's ResNet uses.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class TimmBackbone(nn.Module):
         pad_to_multiple: int | None = None,
         dynamic_size: bool = False,
         freeze_bn_stats: bool = False,
+        freeze_bn_affine: bool = False,
         **timm_kwargs,
     ) -> None:
         super().__init__()
@@ -57,6 +60,10 @@ class TimmBackbone(nn.Module):
                 raise ValueError(f"dynamic_size=True, but {model_name} has no attention to adapt")
         self.pad_to_multiple = pad_to_multiple
         self.freeze_bn_stats = freeze_bn_stats
+        if freeze_bn_affine:
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.requires_grad_(False)
         self.out_channels: list[int] = list(self.model.feature_info.channels())
         self.out_strides: list[int] = list(self.model.feature_info.reduction())
         self._channels_last_output = getattr(self.model, "output_fmt", "NCHW") == "NHWC"

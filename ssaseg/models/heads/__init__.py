@@ -12,6 +12,7 @@ from ssaseg.models.heads.cgr import CGRHead
 from ssaseg.models.heads.fcn import FCNHead
 from ssaseg.models.heads.hrnet_concat import HRNetConcatHead
 from ssaseg.models.heads.light_ham import LightHamHead
+from ssaseg.models.heads.mask2former import Mask2FormerHead
 from ssaseg.models.heads.ocr import OCRHead
 from ssaseg.models.heads.seaformer_head import SeaFormerLightHead
 from ssaseg.models.heads.uper import UPerHead
@@ -26,4 +27,5 @@ HEADS: dict[str, Callable[..., nn.Module]] = {
     "seaformer_light": SeaFormerLightHead,
     "afformer": AFFormerHead,
     "hrnet_concat": HRNetConcatHead,
+    "mask2former": Mask2FormerHead,
 }

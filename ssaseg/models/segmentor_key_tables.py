@@ -1,0 +1,112 @@
+"""Released whole-segmentor checkpoints -> our Segmentor's state-dict names, one table per model
+family, kept as data.
+
+A table is a tuple of ``(pattern, replacement)`` rows. Each released name is matched against
+the patterns in order (``re.fullmatch``); the first match is rewritten with ``re.sub``-style
+``replacement`` (``None``: the key is dropped); a name no row matches is kept as it is. No table
+changes a tensor, only names. :func:`apply_key_table` applies one; a loader then checks that
+no key is left over on either side.
+
+Families:
+* :data:`VIT_ADAPTER_UPERNET` -- czczup/ViT-Adapter's UperNet releases (mmseg 0.x layout:
+  ``backbone.``, ``decode_head.``, ``auxiliary_head.``), e.g.
+  ``upernet_augreg_adapter_large_512_160k_ade20k.pth.tar`` (model ``upernet_vit_adapter_l``,
+  classifier ``linear``: ``decode_head.conv_seg`` is the linear classifier).
+* :data:`MASK2FORMER` -- mmsegmentation 1.x's Mask2Former releases, e.g.
+  ``mask2former_r50_8xb2-160k_ade20k-512x512_20221204_000055-2d1f55f1.pth`` (model
+  ``mask2former_r50``, classifier ``linear``, which has no parameters of its own).
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+
+KeyTable = tuple[tuple[str, str | None], ...]
+
+# mmseg's UPerHead + auxiliary FCNHead (one conv) -> ours (heads/uper.py, heads/fcn.py)
+_UPERNET_HEAD: KeyTable = (
+    (r"decode_head\.psp_modules\.(\d+)\.1\.conv\.(.+)", r"head.ppm.stages.\1.1.0.\2"),
+    (r"decode_head\.psp_modules\.(\d+)\.1\.bn\.(.+)", r"head.ppm.stages.\1.1.1.\2"),
+    (r"decode_head\.bottleneck\.conv\.(.+)", r"head.ppm_bottleneck.0.\1"),
+    (r"decode_head\.bottleneck\.bn\.(.+)", r"head.ppm_bottleneck.1.\1"),
+    (r"decode_head\.lateral_convs\.(\d+)\.conv\.(.+)", r"head.lateral.\1.0.\2"),
+    (r"decode_head\.lateral_convs\.(\d+)\.bn\.(.+)", r"head.lateral.\1.1.\2"),
+    (r"decode_head\.fpn_convs\.(\d+)\.conv\.(.+)", r"head.fpn.\1.0.\2"),
+    (r"decode_head\.fpn_convs\.(\d+)\.bn\.(.+)", r"head.fpn.\1.1.\2"),
+    (r"decode_head\.fpn_bottleneck\.conv\.(.+)", r"head.fuse.0.\1"),
+    (r"decode_head\.fpn_bottleneck\.bn\.(.+)", r"head.fuse.1.\1"),
+    (r"decode_head\.conv_seg\.(.+)", r"classifier.conv.\1"),
+    (r"auxiliary_head\.convs\.(\d+)\.conv\.(.+)", r"head.aux.convs.\1.0.\2"),
+    (r"auxiliary_head\.convs\.(\d+)\.bn\.(.+)", r"head.aux.convs.\1.1.\2"),
+    (r"auxiliary_head\.conv_seg\.(.+)", r"head.aux.logits.\1"),
+)
+
+VIT_ADAPTER_UPERNET: KeyTable = (
+    (r"backbone\.blocks\.(\d+)\.gamma1", r"backbone.blocks.\1.ls1.gamma"),
+    (r"backbone\.blocks\.(\d+)\.gamma2", r"backbone.blocks.\1.ls2.gamma"),
+    (r"(backbone\.interactions\.\d+\.(?:extractor|extra_extractors\.\d+)\.ffn)\.dwconv\.dwconv\.(.+)",
+     r"\1.dwconv.\2"),
+    *_UPERNET_HEAD,
+)
+
+_PIXEL_DECODER = r"decode_head\.pixel_decoder\."
+_DECODER_LAYER = r"decode_head\.transformer_decoder\.layers\.(\d+)\."
+MASK2FORMER: KeyTable = (
+    (r"backbone\.(.+)", r"backbone.model.\1"),  # mmseg's ResNet names are timm's
+    (_PIXEL_DECODER + r"input_convs\.(\d+)\.conv\.(.+)", r"head.pixel_decoder.input_proj.\1.0.\2"),
+    (_PIXEL_DECODER + r"input_convs\.(\d+)\.gn\.(.+)", r"head.pixel_decoder.input_proj.\1.1.\2"),
+    (_PIXEL_DECODER + r"encoder\.layers\.(\d+)\.self_attn\.(.+)",
+     r"head.pixel_decoder.encoder.\1.self_attn.\2"),
+    (_PIXEL_DECODER + r"encoder\.layers\.(\d+)\.ffn\.layers\.0\.0\.(.+)",
+     r"head.pixel_decoder.encoder.\1.ffn.fc1.\2"),
+    (_PIXEL_DECODER + r"encoder\.layers\.(\d+)\.ffn\.layers\.1\.(.+)",
+     r"head.pixel_decoder.encoder.\1.ffn.fc2.\2"),
+    (_PIXEL_DECODER + r"encoder\.layers\.(\d+)\.norms\.0\.(.+)",
+     r"head.pixel_decoder.encoder.\1.norm1.\2"),
+    (_PIXEL_DECODER + r"encoder\.layers\.(\d+)\.norms\.1\.(.+)",
+     r"head.pixel_decoder.encoder.\1.norm2.\2"),
+    (_PIXEL_DECODER + r"level_encoding\.weight", r"head.pixel_decoder.level_embed"),
+    (_PIXEL_DECODER + r"lateral_convs\.0\.conv\.(.+)", r"head.pixel_decoder.lateral.0.\1"),
+    (_PIXEL_DECODER + r"lateral_convs\.0\.gn\.(.+)", r"head.pixel_decoder.lateral.1.\1"),
+    (_PIXEL_DECODER + r"output_convs\.0\.conv\.(.+)", r"head.pixel_decoder.output.0.\1"),
+    (_PIXEL_DECODER + r"output_convs\.0\.gn\.(.+)", r"head.pixel_decoder.output.1.\1"),
+    (_PIXEL_DECODER + r"mask_feature\.(.+)", r"head.pixel_decoder.mask_proj.\1"),
+    (_DECODER_LAYER + r"cross_attn\.attn\.(.+)", r"head.decoder.layers.\1.cross_attn.\2"),
+    (_DECODER_LAYER + r"self_attn\.attn\.(.+)", r"head.decoder.layers.\1.self_attn.\2"),
+    (_DECODER_LAYER + r"ffn\.layers\.0\.0\.(.+)", r"head.decoder.layers.\1.fc1.\2"),
+    (_DECODER_LAYER + r"ffn\.layers\.1\.(.+)", r"head.decoder.layers.\1.fc2.\2"),
+    (_DECODER_LAYER + r"norms\.0\.(.+)", r"head.decoder.layers.\1.cross_norm.\2"),
+    (_DECODER_LAYER + r"norms\.1\.(.+)", r"head.decoder.layers.\1.self_norm.\2"),
+    (_DECODER_LAYER + r"norms\.2\.(.+)", r"head.decoder.layers.\1.ffn_norm.\2"),
+    (r"decode_head\.transformer_decoder\.post_norm\.(.+)", r"head.decoder.post_norm.\1"),
+    (r"decode_head\.(query_embed|query_feat|level_embed)\.(.+)", r"head.decoder.\1.\2"),
+    (r"decode_head\.cls_embed\.(.+)", r"head.decoder.class_embed.\1"),
+    (r"decode_head\.mask_embed\.(.+)", r"head.decoder.mask_embed.\1"),
+)
+
+# model name -> the table of its released whole-segmentor checkpoints
+MODEL_KEY_TABLES: dict[str, KeyTable] = {
+    "upernet_vit_adapter_l": VIT_ADAPTER_UPERNET,
+    "mask2former_r50": MASK2FORMER,
+}
+
+
+def rename_key(name: str, table: KeyTable) -> str | None:
+    """One released name -> ours (None: dropped)."""
+    for pattern, replacement in table:
+        match = re.fullmatch(pattern, name)
+        if match:
+            return None if replacement is None else match.expand(replacement)
+    return name
+
+
+def apply_key_table(state: dict[str, torch.Tensor], table: KeyTable) -> dict[str, torch.Tensor]:
+    """``state`` with every name renamed by ``table`` (dropped names left out)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        new = rename_key(name, table)
+        if new is not None:
+            out[new] = tensor
+    return out
