@@ -141,6 +141,30 @@ def _check_names(params: dict, source: str) -> None:
     for name, dataset in params["datasets"].items():
         _raise_errors(_validator("$defs", "dataset_options", name), dataset["options"], source,
                       prefix=f"datasets.{name}.options")
+    _check_mask_classification(params, source)
+
+
+def _check_mask_classification(params: dict, source: str) -> None:
+    """A mask-classification model (Mask2Former) takes only the classifiers defined for it, and
+    its `linear` (its own semantic inference) has no parameters."""
+    from ssaseg.models.zoo import MASK_CLASSIFICATION_CLASSIFIERS as MASK_CLASSIFIERS
+    from ssaseg.models.zoo import MODELS
+
+    for model in params["models"]:
+        if not MODELS[model].mask_classification:
+            continue
+        undefined = sorted(set(params["classifiers"]) - set(MASK_CLASSIFIERS))
+        if undefined:
+            raise ConfigError(
+                f"{source}: classifiers: {undefined} not defined for {model}, a "
+                f"mask-classification model (it takes: {', '.join(sorted(MASK_CLASSIFIERS))}); "
+                "run it from a params file without them"
+            )
+        if params["classifiers"].get("linear"):
+            raise ConfigError(
+                f"{source}: classifiers.linear: {model}'s `linear` is Mask2Former's own "
+                "semantic inference and takes no parameters; give it as `linear: {}`"
+            )
 
 
 def _deep_merge(base: dict, override: dict) -> dict:
@@ -189,6 +213,12 @@ class OptimizerConfig:
     betas: tuple[float, float]
     head_lr_mult: float
     norm_weight_decay: float
+    layer_decay_rate: float = 1.0  # 1 = no layer-wise lr decay
+
+
+# Optimiser keys added after runs existed: at these values they leave config_hash unchanged, so
+# checkpoints written before the key existed still count as trained with the same settings.
+_HASH_NEUTRAL_OPTIMIZER_DEFAULTS: dict[str, Any] = {"layer_decay_rate": 1.0}
 
 
 @dataclass(frozen=True)
@@ -281,6 +311,10 @@ class RunConfig:
         relevant["train"] = {k: v for k, v in relevant["train"].items()
                              if k not in ("device", "num_workers", "threads", "log_every",
                                           "checkpoint_every")}
+        optimizer = relevant["train"]["optimizer"]
+        for key, default in _HASH_NEUTRAL_OPTIMIZER_DEFAULTS.items():
+            if optimizer.get(key) == default:
+                optimizer.pop(key)
         blob = json.dumps(relevant, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

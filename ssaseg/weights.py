@@ -113,6 +113,19 @@ CATALOG: dict[str, WeightsSpec] = {
         filename="mscan_t_20230227-119e8c9f.pth", sha256_prefix="119e8c9f",
         description="MSCAN-T ImageNet-1k (SegNeXt's release, converted by mmsegmentation)",
     ),
+    "resnet50_tv_in1k": WeightsSpec(
+        url=f"{_HF}/resnet50.tv_in1k/resolve/main/model.safetensors",
+        filename="resnet50.tv_in1k.safetensors",
+        description="ResNet-50 ImageNet-1k, torchvision's original weights (what Mask2Former's "
+        "R-50.pkl and mmseg's torchvision://resnet50 are), as timm hosts them",
+    ),
+    "vit_large_augreg_384": WeightsSpec(
+        url=f"{_HF}/vit_large_patch16_384.augreg_in21k_ft_in1k/resolve/main/model.safetensors",
+        filename="vit_large_patch16_384.augreg_in21k_ft_in1k.safetensors",
+        description="AugReg ViT-L/16, ImageNet-21k then 1k at 384 (L_16-i21k-300ep-lr_0.001-"
+        "aug_medium1-wd_0.1-do_0.1-sd_0.1--imagenet2012-steps_20k-lr_0.01-res_384, the file "
+        "ViT-Adapter's configs name), as timm converted and hosts it",
+    ),
     # SeaFormer and AFFormer publish their ImageNet checkpoints on Google Drive / Baidu only.
     "seaformer_b_cls": WeightsSpec(
         url=None, filename="SeaFormer_B_cls_76.4.pth",
@@ -167,6 +180,8 @@ MODEL_WEIGHTS: dict[str, str] = {
     "seaformer_b": "seaformer_b_cls",
     "seaformer_l": "seaformer_l_cls",
     "afformer_b": "afformer_b_in1k",
+    "upernet_vit_adapter_l": "vit_large_augreg_384",
+    "mask2former_r50": "resnet50_tv_in1k",
 }
 
 

@@ -16,6 +16,11 @@ if TYPE_CHECKING:
 # names against MODELS) must stay instant. build_segmentor imports the model code it needs.
 
 
+# The classifiers a mask-classification model (ModelSpec.mask_classification) takes; their code
+# is models/classifiers/mask_classification.py (MASK_CLASSIFIERS), named here torch-free.
+MASK_CLASSIFICATION_CLASSIFIERS: tuple[str, ...] = ("linear", "ssa")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     backbone: str  # key of BACKBONES
