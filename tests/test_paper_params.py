@@ -38,10 +38,14 @@ KEYS = ["dataset", "model", "classifier"]
 SSA_LINEAR = ["linear", "ssa"]
 SSA_GENERAL = ["ocrnet_hrnet_w48", "upernet_swin_t", "segformer_b5", "upernet_swin_l"]
 SSA_LIGHT = ["afformer_b", "seaformer_b", "segnext_t", "seaformer_l"]
+SSA_VIT_ADAPTER = ["upernet_vit_adapter_l"]
+SSA_REBUTTAL = ["mask2former_r50"]  # the authors' answer to the reviewers, ADE20K only
 PAPER_TABLES = {
-    "ade20k.yaml": ("ade20k", SSA_GENERAL + SSA_LIGHT + ["cgrseg_b", "cgrseg_l"], SSA_LINEAR),
-    "coco_stuff10k.yaml": ("coco_stuff10k", SSA_GENERAL + SSA_LIGHT, SSA_LINEAR),
-    "pascal_context59.yaml": ("pascal_context59", SSA_GENERAL + SSA_LIGHT, SSA_LINEAR),
+    "ade20k.yaml": ("ade20k", SSA_GENERAL + SSA_LIGHT + ["cgrseg_b", "cgrseg_l"]
+                    + SSA_VIT_ADAPTER + SSA_REBUTTAL, SSA_LINEAR),
+    "coco_stuff10k.yaml": ("coco_stuff10k", SSA_GENERAL + SSA_LIGHT + SSA_VIT_ADAPTER, SSA_LINEAR),
+    "pascal_context59.yaml": ("pascal_context59", SSA_GENERAL + SSA_LIGHT + SSA_VIT_ADAPTER,
+                              SSA_LINEAR),
     "cityscapes_protoseg.yaml": ("cityscapes", ["hrnet_w48", "fcn_resnet101", "ocrnet_hrnet_w48"],
                                  ["linear", "protoseg"]),
 }
@@ -125,8 +129,14 @@ def test_baselines_keep_their_reference_optimisers():
     assert opt(coco, "seaformer_l").optimizer.lr == 2.5e-4
     aff = opt(ade, "afformer_b").optimizer
     assert (aff.lr, aff.head_lr_mult, aff.norm_weight_decay) == (3e-4, 1.0, 0.01)
+    vit = opt(ade, "upernet_vit_adapter_l").optimizer
+    assert (vit.lr, vit.weight_decay, vit.layer_decay_rate, vit.head_lr_mult) == (2e-5, 0.05, 0.95, 1.0)
+    assert opt(coco, "upernet_vit_adapter_l").optimizer.layer_decay_rate == 0.9
+    m2f = opt(ade, "mask2former_r50")
+    assert (m2f.optimizer.lr * m2f.optimizer.head_lr_mult, m2f.optimizer.lr) == (1e-4, 1e-5)
+    assert (m2f.grad_clip, m2f.schedule.power, m2f.schedule.warmup_iters) == (0.01, 0.9, 0)
     for model in ade["models"]:
-        if opt(ade, model).optimizer.name == "adamw":
+        if opt(ade, model).optimizer.name == "adamw" and model != "mask2former_r50":
             sched = opt(ade, model).schedule
             assert (sched.warmup_iters, sched.warmup_ratio, sched.power) == (1500, 1e-6, 1.0)
 

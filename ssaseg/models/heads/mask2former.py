@@ -122,8 +122,10 @@ class MaskedAttentionDecoder(nn.Module):
             pos = sine_position_encoding(h, w, level.shape[1] // 2, device=level.device)
             memory_pos.append(pos.flatten(2).transpose(1, 2).to(memories[-1].dtype))
             sizes.append((h, w))
-        query = self.query_feat.weight[None].expand(batch, -1, -1)
-        query_pos = self.query_embed.weight[None].expand(batch, -1, -1)
+        # repeat, not expand: a view of a parameter made under no_grad still claims
+        # requires_grad, which torch's flop counter trips over
+        query = self.query_feat.weight[None].repeat(batch, 1, 1)  # (B, Q, C)
+        query_pos = self.query_embed.weight[None].repeat(batch, 1, 1)
         class_logits, mask_logits, attn_mask = self._predict(query, pixel_embedding, sizes[0])
         all_classes, all_masks = [class_logits], [mask_logits]
         for i, layer in enumerate(self.layers):
