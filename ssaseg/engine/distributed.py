@@ -160,6 +160,8 @@ def convert_sync_batchnorm(model: nn.Module, device: torch.device) -> nn.Module:
                               model.track_running_stats)
         new.load_state_dict(model.state_dict())
         new.train(model.training)
+        for name, param in model.named_parameters(recurse=False):  # frozen affine stays frozen
+            getattr(new, name).requires_grad_(param.requires_grad)
         return new
     for name, child in model.named_children():
         converted = convert_sync_batchnorm(child, device)
