@@ -173,3 +173,18 @@ def test_validating_a_paper_table_imports_no_torch():
                          text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_layer_decay_rate_at_its_default_keeps_older_runs_hash(mini_params):
+    """A checkpoint written before train.optimizer.layer_decay_rate existed (its stored config
+    has no such key) still counts as trained with the same settings; another rate does not."""
+    from ssaseg.config import run_config_from_dict
+
+    cfg = resolve_run(validate_params(mini_params), "synthetic", "segformer_b0", "linear", 0)
+    assert cfg.train.optimizer.layer_decay_rate == 1.0
+    older = cfg.to_dict()
+    del older["train"]["optimizer"]["layer_decay_rate"]
+    assert run_config_from_dict(older).config_hash() == cfg.config_hash()
+    mini_params["train"]["optimizer"]["layer_decay_rate"] = 0.9
+    decayed = resolve_run(validate_params(mini_params), "synthetic", "segformer_b0", "linear", 0)
+    assert decayed.config_hash() != cfg.config_hash()

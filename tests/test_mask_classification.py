@@ -163,3 +163,26 @@ def test_classifiers_not_defined_for_mask_classification_are_refused():
     with pytest.raises(ConfigError, match="no parameters"):
         validate_params({**base, "classifiers": {"linear": {"dropout": 0.2}}})
     validate_params({**base, "classifiers": {"linear": {}, "ssa": {"preset": "paper"}}})
+
+
+def test_mask2former_optimiser_groups():
+    """The reference's: backbone at 0.1x the head's lr (lr 1e-5, head_lr_mult 10), no weight
+    decay on the query and level embeddings nor on norms; frozen BatchNorm not optimised."""
+    from ssaseg.config import OptimizerConfig
+    from ssaseg.engine.optim import build_optimizer
+
+    with torch.device("meta"):
+        seg = build_segmentor("mask2former_r50", "linear", num_classes=NUM_CLASSES)
+    cfg = OptimizerConfig(name="adamw", lr=1e-5, weight_decay=0.05, momentum=0.9,
+                          betas=(0.9, 0.999), head_lr_mult=10.0, norm_weight_decay=0.0)
+    optimizer = build_optimizer(seg, cfg)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    params = dict(seg.named_parameters())
+    for name in ("head.decoder.query_feat.weight", "head.decoder.query_embed.weight",
+                 "head.decoder.level_embed.weight", "head.decoder.post_norm.weight"):
+        assert group_of[id(params[name])]["weight_decay"] == 0.0, name
+    head = group_of[id(params["head.decoder.class_embed.weight"])]
+    assert (head["lr"], head["weight_decay"]) == (1e-4, 0.05)
+    backbone = group_of[id(params["backbone.model.layer1.0.conv1.weight"])]
+    assert (backbone["lr"], backbone["weight_decay"]) == (1e-5, 0.05)
+    assert id(params["backbone.model.bn1.weight"]) not in group_of  # frozen
