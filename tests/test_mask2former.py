@@ -109,7 +109,8 @@ def test_every_stage_and_the_scores_match_mmseg(mmseg_mask2former, ours_from_mms
     meta = dict(img_shape=(64, 64), ori_shape=(64, 64), pad_shape=(64, 64))
     with torch.no_grad():
         features = mmseg_mask2former.extract_feat(images)
-        ref_classes, ref_masks = mmseg_mask2former.decode_head(features, [SegDataSample(metainfo=meta)])
+        ref_classes, ref_masks = mmseg_mask2former.decode_head(features,
+                                                               [SegDataSample(metainfo=meta)])
         ref_scores = mmseg_mask2former.encode_decode(images, [meta])
         head_out = ours_from_mmseg.head(ours_from_mmseg.backbone(images))
         scores = ours_from_mmseg.predict(images)

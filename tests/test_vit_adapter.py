@@ -133,7 +133,8 @@ def _released_state(num_classes: int = 150) -> dict[str, tuple[int, ...]]:
 
     b = "backbone"
     names[f"{b}.pos_embed"] = (1, 577, c)
-    names[f"{b}.patch_embed.proj.weight"], names[f"{b}.patch_embed.proj.bias"] = (c, 3, 16, 16), (c,)
+    names[f"{b}.patch_embed.proj.weight"] = (c, 3, 16, 16)
+    names[f"{b}.patch_embed.proj.bias"] = (c,)
     for i in range(24):
         p = f"{b}.blocks.{i}"
         layer_norm(f"{p}.norm1")

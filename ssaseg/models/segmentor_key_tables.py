@@ -46,8 +46,8 @@ _UPERNET_HEAD: KeyTable = (
 VIT_ADAPTER_UPERNET: KeyTable = (
     (r"backbone\.blocks\.(\d+)\.gamma1", r"backbone.blocks.\1.ls1.gamma"),
     (r"backbone\.blocks\.(\d+)\.gamma2", r"backbone.blocks.\1.ls2.gamma"),
-    (r"(backbone\.interactions\.\d+\.(?:extractor|extra_extractors\.\d+)\.ffn)\.dwconv\.dwconv\.(.+)",
-     r"\1.dwconv.\2"),
+    (r"(backbone\.interactions\.\d+\.(?:extractor|extra_extractors\.\d+)\.ffn)"
+     r"\.dwconv\.dwconv\.(.+)", r"\1.dwconv.\2"),
     *_UPERNET_HEAD,
 )
 

@@ -92,7 +92,8 @@ class SetCriterion(nn.Module):
         weights[-1] = no_object_weight
         self.register_buffer("class_weights", weights, persistent=False)
 
-    def forward(self, predictions: MaskPredictions, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, predictions: MaskPredictions,
+                labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """predictions: every stage's (B, Q, K+1) class and (B, Q, h, w) mask logits; labels
         (B, H, W). Returns the three weighted terms, summed over stages."""
         device_type = labels.device.type

@@ -97,7 +97,8 @@ class GivenCoarseLogits(nn.Module):
         nn.init.normal_(self.conv.weight, std=0.01)
         self.given: torch.Tensor | None = None
 
-    def forward(self, feature: torch.Tensor, labels: torch.Tensor | None = None) -> ClassifierOutput:
+    def forward(self, feature: torch.Tensor,
+                labels: torch.Tensor | None = None) -> ClassifierOutput:
         if self.given is None:
             raise RuntimeError("GivenCoarseLogits called without coarse logits: it only runs "
                                "inside MaskClassificationSSA")

@@ -131,7 +131,8 @@ class MSDeformAttnPixelDecoder(nn.Module):
         for i, (proj, feature) in enumerate(zip(self.input_proj, coarse)):
             h, w = feature.shape[-2:]
             tokens.append(proj(feature).flatten(2).transpose(1, 2))  # (B, h*w, C)
-            level_pos = sine_position_encoding(h, w, tokens[-1].shape[-1] // 2, device=feature.device)
+            level_pos = sine_position_encoding(h, w, tokens[-1].shape[-1] // 2,
+                                               device=feature.device)
             pos.append(level_pos.flatten(2).transpose(1, 2) + self.level_embed[i])  # (1, h*w, C)
         tokens = torch.cat(tokens, 1)  # (B, S, C)
         pos = torch.cat(pos, 1).to(tokens.dtype)  # (1, S, C)
