@@ -147,6 +147,7 @@ def cmd_evaluate(args) -> int:
 
     from ssaseg import atomic_io
     from ssaseg.data.dataset import SegmentationDataset
+    from ssaseg.data.transforms import TestPipeline
     from ssaseg.engine.device import select_device
     from ssaseg.engine.evaluate import evaluate
     from ssaseg.config import run_config_from_dict
@@ -162,9 +163,11 @@ def cmd_evaluate(args) -> int:
     if run_config_from_dict(state["config"]).config_hash() != cfg.config_hash():
         raise ConfigError(f"{run_dir / MODEL_FILE} was trained with other settings than "
                           f"{' + '.join(args.params)} now gives this run; train it again")
-    dataset = SegmentationDataset(cfg.dataset.root, "val")
+    dataset = SegmentationDataset(cfg.dataset.root, "val",
+                                  test_pipeline=TestPipeline.from_config(cfg.evaluate))
     metrics, cm = evaluate(model, dataset, device, cfg.evaluate.mode, cfg.evaluate.crop_size,
-                           cfg.evaluate.stride, progress=not args.no_progress)
+                           cfg.evaluate.stride, num_workers=cfg.evaluate.num_workers,
+                           progress=not args.no_progress)
     classes = dataset.meta.classes
     per_class = run_dir / "per_class_iou.csv"
     rows = ["class,iou,accuracy"] + [f"{c},{i:.6f},{a:.6f}"
@@ -176,7 +179,8 @@ def cmd_evaluate(args) -> int:
         "run": {"dataset": cfg.dataset.name, "model": cfg.model, "classifier": cfg.classifier,
                 "seed": cfg.seed},
         "miou": metrics.miou, "macc": metrics.macc, "pixel_accuracy": metrics.pixel_accuracy,
-        "mode": cfg.evaluate.mode, "num_images": len(dataset),
+        "mode": cfg.evaluate.mode, "test_scale": cfg.evaluate.scale,
+        "size_divisor": cfg.evaluate.size_divisor, "num_images": len(dataset),
         "per_class": [{"class": c, "iou": i, "accuracy": a}
                       for c, i, a in zip(classes, metrics.iou, metrics.accuracy)],
         "config_hash": cfg.config_hash(),

@@ -254,6 +254,10 @@ class EvalConfig:
     stride: tuple[int, int]
     device: str
     threads: int
+    # defaults: what a config stored before these keys existed meant
+    scale: tuple[int, int] | None = None  # test resize (long, short), keep ratio
+    size_divisor: int | None = None
+    num_workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -276,6 +280,9 @@ class DatasetConfig:
     crop_size: tuple[int, int]
     scale_range: tuple[float, float]
     base_size: tuple[int, int] | None
+    # defaults: what a config stored before these keys existed meant (neither step)
+    cat_max_ratio: float = 1.0
+    photometric_distortion: bool = False
 
 
 @dataclass(frozen=True)
@@ -350,6 +357,8 @@ def resolve_run(params: dict, dataset: str, model: str, classifier: str, seed: i
             crop_size=tuple(ds["crop_size"]),
             scale_range=tuple(ds["scale_range"]),
             base_size=tuple(ds["base_size"]) if ds["base_size"] else None,
+            cat_max_ratio=ds["cat_max_ratio"],
+            photometric_distortion=ds["photometric_distortion"],
         ),
         model=model,
         classifier=classifier,
@@ -364,6 +373,8 @@ def resolve_run(params: dict, dataset: str, model: str, classifier: str, seed: i
             mode=ds["eval"]["mode"],
             crop_size=tuple(ds["eval"]["crop_size"]),
             stride=tuple(ds["eval"]["stride"]),
+            scale=tuple(ds["eval"]["scale"]) if ds["eval"]["scale"] else None,
+            size_divisor=ds["eval"]["size_divisor"],
             **sections["evaluate"],
         ),
         profile=ProfileConfig(**{**sections["profile"], "input_size": tuple(sections["profile"]["input_size"])}),
@@ -396,6 +407,7 @@ def run_config_from_dict(data: dict) -> RunConfig:
         train=TrainConfig(**{**t, "optimizer": OptimizerConfig(**{**t["optimizer"], "betas": tuple(t["optimizer"]["betas"])}),
                              "schedule": ScheduleConfig(**t["schedule"])}),
         evaluate=EvalConfig(**{**data["evaluate"], "crop_size": tuple(data["evaluate"]["crop_size"]),
-                               "stride": tuple(data["evaluate"]["stride"])}),
+                               "stride": tuple(data["evaluate"]["stride"]),
+                               "scale": tuple(data["evaluate"]["scale"]) if data["evaluate"].get("scale") else None}),
         profile=ProfileConfig(**{**data["profile"], "input_size": tuple(data["profile"]["input_size"])}),
     )

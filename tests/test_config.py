@@ -29,7 +29,7 @@ def test_default_params_are_valid_and_expand_to_runs():
         (lambda p: p.update(datasets={"imagenet": {}}), "datasets: unknown name 'imagenet'"),
         (lambda p: p["classifiers"].update(linear={"dropuot": 0.1}),
          "classifiers.linear: Additional properties are not allowed ('dropuot' was unexpected); "
-         "allowed: dropout, loss_weight"),
+         "allowed: dropout, loss_weight, bias, class_weight"),
         (lambda p: p["datasets"]["synthetic"].update(crop_size=[64]), "datasets.synthetic.crop_size"),
     ],
 )
@@ -142,7 +142,8 @@ def test_schema_lists_every_classifier_and_dataset_parameter_as_the_code_defines
     from ssaseg.models.classifiers import CLASSIFIERS
 
     schema = load_schema()
-    json_type = {"int": "integer", "float": "number", "bool": "boolean", "str": "string"}
+    json_type = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
+                 "list[float] | None": ["array", "null"]}
     assert set(schema["properties"]["classifiers"]["properties"]) == set(CLASSIFIERS)
     assert set(schema["$defs"]["dataset_options"]) - {"archive"} == set(PREPARERS)
     entries = [(schema["$defs"][n], c, {"in_channels", "num_classes", "ignore_index"})

@@ -57,6 +57,15 @@ TABLE_SETTINGS = {
     "cityscapes_protoseg.yaml": (80_000, (512, 1024), 8, (512, 512), 19),
 }
 
+# (amp, eval mode, test scale, size divisor, cat_max_ratio, photometric distortion) per table, as
+# the reference configs say (the params files name them)
+TABLE_RECIPES = {
+    "ade20k.yaml": ("off", "whole", (2048, 512), 32, 0.75, True),
+    "coco_stuff10k.yaml": ("off", "whole", (2048, 512), None, 0.75, True),
+    "pascal_context59.yaml": ("off", "whole", (520, 520), None, 0.75, True),
+    "cityscapes_protoseg.yaml": ("fp16", "whole", (2048, 1024), None, 1.0, False),
+}
+
 
 @functools.cache
 def _params(name: str) -> dict:
@@ -105,8 +114,31 @@ def test_paper_table_covers_the_published_table(name):
         assert cfg.dataset.crop_size == crop
         assert cfg.profile.input_size == profile_size
         assert cfg.profile.num_classes == num_classes
-    if dataset == "pascal_context59":
-        assert params["datasets"][dataset]["eval"]["mode"] == "slide"
+        amp, mode, scale, divisor, cat_max_ratio, photometric = TABLE_RECIPES[name]
+        assert cfg.train.amp == amp
+        assert (cfg.evaluate.mode, cfg.evaluate.scale, cfg.evaluate.size_divisor) == (
+            mode, scale, divisor)
+        assert (cfg.dataset.cat_max_ratio, cfg.dataset.photometric_distortion) == (
+            cat_max_ratio, photometric)
+
+
+def test_protoseg_table_turns_on_the_reference_loss_and_classifier():
+    """ProtoSeg's ce_weight (both classifiers' segmentation CE) and its bias-free linear conv."""
+    from ssaseg.models.classifiers import build_classifier
+
+    params = _params("cityscapes_protoseg.yaml")
+    linear = resolve_run(params, "cityscapes", "hrnet_w48", "linear", 0).classifier_params
+    protoseg = resolve_run(params, "cityscapes", "hrnet_w48", "protoseg", 0).classifier_params
+    assert linear["bias"] is False
+    assert linear["class_weight"] == protoseg["class_weight"]
+    assert len(linear["class_weight"]) == 19
+    assert linear["class_weight"][:3] == [0.8373, 0.9180, 0.8660]
+    assert linear["class_weight"][-1] == 1.0507
+    clf = build_classifier("linear", 8, 19, 255, **linear)
+    assert clf.conv.bias is None and clf.class_weight.shape == (19,)
+    assert build_classifier("protoseg", 8, 19, 255, **protoseg).class_weight.shape == (19,)
+    ssa_linear = resolve_run(_params("ade20k.yaml"), "ade20k", "segformer_b5", "linear", 0)
+    assert ssa_linear.classifier_params == {"bias": True, "class_weight": None}
 
 
 def test_baselines_keep_their_reference_optimisers():

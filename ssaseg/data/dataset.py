@@ -4,113 +4,141 @@ Training batches are a pure function of (seed, iteration): the sample indices co
 per-epoch permutation and every augmentation draws from a generator seeded by
 (seed, iteration, position in batch). A run resumed from a checkpoint therefore sees exactly the
 batches an uninterrupted run would have seen.
+
+Items are uint8 (the DataLoader moves a quarter of the bytes float32 would take); the training
+loop and evaluation normalise them on the device (:func:`ssaseg.data.transforms.normalize`), as
+mmseg's data preprocessor does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
+import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from ssaseg.data.layout import DatasetError, read_manifest, read_meta
-
-IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
-IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+from ssaseg.data.transforms import TestPipeline, TrainPipeline
 
 
-def normalize(image_uint8: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) uint8 -> (3, H, W) float, ImageNet mean/std."""
-    return (image_uint8.float() / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
+class Sample(NamedTuple):
+    """One item (the DataLoader stacks each field over the batch).
+
+    image: (3, H, W) uint8 RGB, augmented or test-resized, zero-padded to the crop in training;
+        :func:`ssaseg.data.transforms.normalize` turns it into the model's input on the device
+    label: (H, W) int64; in training the augmented labels padded with the ignore index, in
+        evaluation the ORIGINAL labels (the logits are resized to them, as mmseg scores)
+    valid_size: (2,) int64 (h, w) of the image inside the padding
+    """
+
+    image: torch.Tensor
+    label: torch.Tensor
+    valid_size: torch.Tensor
+
+
+def opencv_single_threaded(worker_id: int = 0) -> None:
+    """A DataLoader ``worker_init_fn``: OpenCV without its own thread pool in the workers (as
+    mmengine sets it), since the workers are the parallelism."""
+    cv2.setNumThreads(0)
+
+
+def augmentation_rng(aug_seed: int) -> np.random.RandomState:
+    """The generator of one training sample's augmentation draws (a legacy RandomState: the
+    transforms call it exactly as mmseg calls NumPy's global one; any 64-bit seed)."""
+    return np.random.RandomState(np.random.MT19937(np.random.SeedSequence(aug_seed)))
 
 
 def _read_pair(root: Path, image_rel: str, label_rel: str, num_classes: int, ignore_index: int
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(3, H, W) uint8 image and (H, W) int64 label, checked."""
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 RGB image and (H, W) uint8 label map, checked.
+
+    The image is decoded by OpenCV like mmseg's LoadImageFromFile (its default 'cv2' backend,
+    which also applies a JPEG's EXIF orientation), the label by Pillow like its LoadAnnotations.
+    """
+    image = cv2.imread(str(root / image_rel), cv2.IMREAD_COLOR)
     try:
-        image = np.asarray(Image.open(root / image_rel).convert("RGB"))
         label = np.asarray(Image.open(root / label_rel))
     except (OSError, UnidentifiedImageError) as exc:
-        raise DatasetError(f"cannot read {root / image_rel} or {root / label_rel}: {exc}; "
-                           "re-run prepare (or `dvc pull`) to restore it") from exc
+        label, error = None, exc
+    else:
+        error = None
+    if image is None or label is None:
+        raise DatasetError(f"cannot read {root / image_rel} or {root / label_rel}"
+                           f"{f': {error}' if error else ''}; re-run prepare (or `dvc pull`) to "
+                           "restore it")
     if label.ndim != 2:
         raise DatasetError(f"{root / label_rel}: label map must be single-channel")
     if label.shape != image.shape[:2]:
         raise DatasetError(f"{root / label_rel}: label size {label.shape} differs from its image "
                            f"{root / image_rel} {image.shape[:2]}")
-    bad = np.setdiff1d(np.unique(label), np.r_[np.arange(num_classes), ignore_index])
-    if bad.size:
-        raise DatasetError(f"{root / label_rel}: label values {bad.tolist()} outside "
+    counts = np.bincount(label.ravel(), minlength=256)
+    bad = [v for v in np.flatnonzero(counts).tolist() if v >= num_classes and v != ignore_index]
+    if bad:
+        raise DatasetError(f"{root / label_rel}: label values {bad} outside "
                            f"[0, {num_classes}) and not the ignore index {ignore_index}")
-    return (torch.from_numpy(image.copy()).permute(2, 0, 1),
-            torch.from_numpy(label.astype(np.int64)))
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB), label.astype(np.uint8, copy=False)
 
 
 class SegmentationDataset(Dataset):
-    """Items of one split; ``__getitem__`` takes an index (eval) or (index, aug_seed) (train)."""
+    """Items of one split; ``__getitem__`` takes an index (eval) or (index, aug_seed) (train).
+
+    Training items go through ``train_pipeline`` (mmseg's augmentation), evaluation items
+    through ``test_pipeline`` (mmseg's test resize; their labels stay as stored).
+    """
 
     def __init__(
         self,
         root: str | Path,
         split: str,
         train: bool = False,
-        crop_size: tuple[int, int] = (512, 512),
-        scale_range: tuple[float, float] = (0.5, 2.0),
-        base_size: tuple[int, int] | None = None,
+        train_pipeline: TrainPipeline | None = None,
+        test_pipeline: TestPipeline | None = None,
     ) -> None:
         self.root = Path(root)
         self.meta = read_meta(self.root)
         self.items = read_manifest(self.root, split)["splits"][split]["items"]
         self.train = train
-        self.crop_size = tuple(crop_size)
-        self.scale_range = tuple(scale_range)
-        self.base_size = base_size
+        if train and train_pipeline is None:
+            raise ValueError("a training dataset needs its train_pipeline")
+        self.train_pipeline = train_pipeline
+        self.test_pipeline = test_pipeline or TestPipeline()
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored (H, W, 3) uint8 RGB image and (H, W) uint8 labels of item ``index``."""
         image_rel, label_rel = self.items[index]
         return _read_pair(self.root, image_rel, label_rel, self.meta.num_classes,
                           self.meta.ignore_index)
 
-    def __getitem__(self, key):
+    def __getitem__(self, key) -> Sample:
         if self.train:
             index, aug_seed = key
             image, label = self.load(index)
-            image, label = self._augment(image, label, torch.Generator().manual_seed(aug_seed))
-        else:
-            image, label = self.load(key)
-        return normalize(image), label
+            image, label = self.train_pipeline(image, label, augmentation_rng(aug_seed))
+            return self._padded(image, label, self.train_pipeline.crop_size)
+        image, label = self.load(key)
+        image = self.test_pipeline(image)
+        return Sample(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
+                      torch.from_numpy(label.astype(np.int64)),
+                      torch.tensor(image.shape[:2], dtype=torch.int64))
 
-    def _augment(self, image: torch.Tensor, label: torch.Tensor, gen: torch.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random rescale, random crop (padding with ignore when too small), horizontal flip."""
-        h, w = label.shape
-        lo, hi = self.scale_range
-        ratio = lo + (hi - lo) * float(torch.rand((), generator=gen))
-        if self.base_size is not None:  # mmseg: scale to fit (long, short) first
-            long_side, short_side = self.base_size
-            ratio *= min(long_side / max(h, w), short_side / min(h, w))
-        nh, nw = max(1, round(h * ratio)), max(1, round(w * ratio))
-        image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear",
-                              align_corners=False)[0]
-        label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].long()
-        ch, cw = self.crop_size
-        ph, pw = max(ch - nh, 0), max(cw - nw, 0)
-        if ph or pw:
-            image = F.pad(image, (0, pw, 0, ph), value=0.0)
-            label = F.pad(label, (0, pw, 0, ph), value=self.meta.ignore_index)
-        top = int(torch.randint(0, image.shape[1] - ch + 1, (), generator=gen))
-        left = int(torch.randint(0, image.shape[2] - cw + 1, (), generator=gen))
-        image, label = image[:, top:top + ch, left:left + cw], label[top:top + ch, left:left + cw]
-        if float(torch.rand((), generator=gen)) < 0.5:
-            image, label = image.flip(-1), label.flip(-1)
-        return image.round().clamp(0, 255).to(torch.uint8), label
+    def _padded(self, image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> Sample:
+        """Image and labels at the top left of a (h, w) = ``size`` canvas: image 0 there (the
+        normalisation zeroes it again after the mean is subtracted, as mmseg pads), labels the
+        ignore index."""
+        height, width = label.shape
+        canvas = torch.zeros((3, *size), dtype=torch.uint8)
+        canvas[:, :height, :width] = torch.from_numpy(image).permute(2, 0, 1)
+        labels = torch.full(size, self.meta.ignore_index, dtype=torch.int64)
+        labels[:height, :width] = torch.from_numpy(label)
+        return Sample(canvas, labels, torch.tensor((height, width), dtype=torch.int64))
 
 
 class TrainBatches(Sampler[list[tuple[int, int]]]):

@@ -1,5 +1,6 @@
 """Evaluation: confusion-matrix mIoU, per-class IoU, pixel accuracy; whole-image or sliding-window
-inference. The ignore index is excluded from every count."""
+inference, scored on the original labels as mmseg scores (tests/test_mmseg_pipeline.py checks it
+against mmseg's IoUMetric). The ignore index is excluded from every count."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
+from ssaseg.data.dataset import opencv_single_threaded
+from ssaseg.data.transforms import normalize
 from ssaseg.models.losses import resize_logits
 
 
@@ -45,50 +48,64 @@ class SegmentationMetrics:
         )
 
 
+def slide_windows(height: int, width: int, crop: tuple[int, int], stride: tuple[int, int]
+                  ) -> list[tuple[int, int, int, int]]:
+    """(y1, y2, x1, x2) of mmseg's sliding windows over an (height, width) image: a grid of
+    ``stride`` steps, the last window of each row and column moved back inside the image; a
+    side shorter than the window is covered once, unpadded (EncoderDecoder.slide_inference)."""
+    (crop_h, crop_w), (stride_h, stride_w) = crop, stride
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    windows = []
+    for row in range(rows):
+        for col in range(cols):
+            y2, x2 = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
+            windows.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+    return windows
+
+
 def slide_logits(model, image: torch.Tensor, num_classes: int, crop: tuple[int, int],
                  stride: tuple[int, int]) -> torch.Tensor:
-    """Sliding-window inference: (1, 3, H, W) -> (1, K, H, W) averaged logits.
-
-    Images smaller than the window are zero-padded to it; windows are batched into one forward.
-    """
-    _, _, h, w = image.shape
-    ch, cw = crop
-    sh, sw = stride
-    ph, pw = max(ch - h, 0), max(cw - w, 0)
-    padded = F.pad(image, (0, pw, 0, ph))
-    H, W = padded.shape[-2:]
-    rows = list(range(0, max(H - ch, 0) + 1, sh))
-    cols = list(range(0, max(W - cw, 0) + 1, sw))
-    if rows[-1] + ch < H:
-        rows.append(H - ch)
-    if cols[-1] + cw < W:
-        cols.append(W - cw)
-    windows = torch.cat([padded[..., y:y + ch, x:x + cw] for y in rows for x in cols])
-    win_logits = model.predict(windows)  # (N, K, ch, cw)
-    logits = padded.new_zeros((1, num_classes, H, W))
-    counts = padded.new_zeros((1, 1, H, W))
-    for i, (y, x) in enumerate((y, x) for y in rows for x in cols):
-        logits[..., y:y + ch, x:x + cw] += win_logits[i]
-        counts[..., y:y + ch, x:x + cw] += 1
-    return (logits / counts)[..., :h, :w]
+    """Sliding-window inference as mmseg's: (1, 3, H, W) -> (1, K, H, W), each pixel's logits
+    averaged over the windows that cover it. The windows (all of one size) go through the model
+    as one batch."""
+    _, _, height, width = image.shape
+    windows = slide_windows(height, width, crop, stride)
+    crops = torch.cat([image[..., y1:y2, x1:x2] for y1, y2, x1, x2 in windows])
+    crop_logits = model.predict(crops)  # (N, K, h, w)
+    logits = image.new_zeros((1, num_classes, height, width))
+    counts = image.new_zeros((1, 1, height, width))
+    for i, (y1, y2, x1, x2) in enumerate(windows):
+        logits[..., y1:y2, x1:x2] += crop_logits[i]
+        counts[..., y1:y2, x1:x2] += 1
+    return logits / counts
 
 
 @torch.no_grad()
 def evaluate(model, dataset, device: torch.device, mode: str = "whole",
              crop: tuple[int, int] = (512, 512), stride: tuple[int, int] = (341, 341),
-             progress: bool = False) -> tuple[SegmentationMetrics, torch.Tensor]:
-    """Metrics and the confusion matrix of ``model`` over every image of ``dataset``."""
+             num_workers: int = 0, progress: bool = False
+             ) -> tuple[SegmentationMetrics, torch.Tensor]:
+    """Metrics and the confusion matrix of ``model`` over every image of ``dataset``, scored
+    as mmseg scores: the dataset gives each image resized to the test scale and its original
+    labels; the logits (whole image or sliding windows) are resized bilinearly to the labels'
+    size before the argmax. Images are read by ``num_workers`` DataLoader workers (pinned
+    memory on CUDA), one image per batch (their sizes differ)."""
     from tqdm import tqdm
 
     num_classes, ignore = dataset.meta.num_classes, dataset.meta.ignore_index
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    loader = DataLoader(dataset, batch_size=1, num_workers=num_workers,
+                        pin_memory=device.type == "cuda",
+                        worker_init_fn=opencv_single_threaded if num_workers else None)
     model.eval()
-    for index in tqdm(range(len(dataset)), disable=not progress, desc="evaluate", mininterval=2):
-        image, label = dataset[index]
-        image, label = image[None].to(device), label.to(device)
+    for sample in tqdm(loader, disable=not progress, desc="evaluate", mininterval=2):
+        image = normalize(sample.image.to(device, non_blocking=True))  # (1, 3, h, w)
+        label = sample.label[0].to(device, non_blocking=True)  # (H, W), as stored
         if mode == "slide":
             logits = slide_logits(model, image, num_classes, crop, stride)
         else:
-            logits = resize_logits(model.predict(image), label.shape)
+            logits = model.predict(image)
+        logits = resize_logits(logits, label.shape)  # (1, K, H, W)
         cm += confusion_matrix(logits.argmax(1)[0], label, num_classes, ignore)
     return SegmentationMetrics.from_confusion(cm.cpu()), cm.cpu()

@@ -40,7 +40,9 @@ from tqdm import tqdm
 
 from ssaseg import atomic_io
 from ssaseg.config import RunConfig, run_config_from_dict
-from ssaseg.data.dataset import SegmentationDataset, TrainBatches
+from ssaseg.data.dataset import SegmentationDataset, TrainBatches, opencv_single_threaded
+from ssaseg.data.layout import read_meta
+from ssaseg.data.transforms import TrainPipeline, normalize
 from ssaseg.engine import checkpoint, distributed
 from ssaseg.engine.device import amp_dtype, autocast, select_device
 from ssaseg.engine.optim import build_optimizer, set_lr
@@ -91,11 +93,13 @@ class _StopSignals:
             signal.signal(sig, handler)
 
 
-def _ignore_stop_signals(worker_id: int) -> None:
+def _init_worker(worker_id: int) -> None:
     """DataLoader workers ignore the stop signals: Slurm signals every process of the job, and a
-    worker killed by SIGTERM would fail the iteration the main process is finishing."""
+    worker killed by SIGTERM would fail the iteration the main process is finishing. OpenCV runs
+    single-threaded in them (as mmengine sets it): the workers are the parallelism."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+    opencv_single_threaded(worker_id)
 
 
 def dropout_seed(seed: int, iteration: int, rank: int = 0) -> int:
@@ -111,6 +115,11 @@ def pretrained_weights(cfg: RunConfig) -> Path | None:
     return weights_path(weights_for_model(cfg.model), cfg.weights_dir)
 
 
+def precision_tag(amp: str, device: torch.device) -> str:
+    """What ``train.amp`` means on ``device``: fp32, or the autocast dtype (bf16, fp16)."""
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype(amp, device)]
+
+
 def open_tracker(cfg: RunConfig, device: torch.device, rank: int = 0):
     if rank != 0:
         return NullTracker()
@@ -118,6 +127,7 @@ def open_tracker(cfg: RunConfig, device: torch.device, rank: int = 0):
         cfg.tracking_uri, cfg.run_dir, experiment=cfg.dataset.name, run_name=cfg.run_name,
         tags={"git_commit": git_commit(), "config_hash": cfg.config_hash(),
               "device": device_tag() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+              "precision": precision_tag(cfg.train.amp, device),
               "model": cfg.model, "classifier": cfg.classifier, "seed": str(cfg.seed),
               "params_name": cfg.experiment},
         params=cfg.to_dict(),
@@ -147,11 +157,10 @@ def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: t
     run_dir = Path(cfg.run_dir)
     ckpt_path = checkpoint.last_checkpoint(run_dir)
 
-    dataset = SegmentationDataset(cfg.dataset.root, "train", train=True,
-                                  crop_size=cfg.dataset.crop_size,
-                                  scale_range=cfg.dataset.scale_range,
-                                  base_size=cfg.dataset.base_size)
-    meta = dataset.meta
+    meta = read_meta(cfg.dataset.root)
+    dataset = SegmentationDataset(
+        cfg.dataset.root, "train", train=True,
+        train_pipeline=TrainPipeline.from_config(cfg.dataset, meta.ignore_index))
     torch.manual_seed(cfg.seed)  # parameter initialisation
     model = build_segmentor(cfg.model, cfg.classifier, meta.num_classes, meta.ignore_index,
                             cfg.classifier_params, weights=pretrained_weights(cfg))
@@ -204,7 +213,7 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
                            info.rank, info.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.train.num_workers,
                         pin_memory=device.type == "cuda",
-                        worker_init_fn=_ignore_stop_signals if cfg.train.num_workers else None)
+                        worker_init_fn=_init_worker if cfg.train.num_workers else None)
     raw_model = model  # what is checkpointed; DDP wraps it for the forward/backward
     if info.distributed:
         model = torch.nn.parallel.DistributedDataParallel(
@@ -222,8 +231,9 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
     bar = tqdm(total=cfg.train.iters, initial=start, disable=not progress, dynamic_ncols=True,
                desc=cfg.run_name, mininterval=2.0)
     started = time.perf_counter()
-    for iteration, (images, labels) in zip(range(start, cfg.train.iters), loader):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for iteration, batch in zip(range(start, cfg.train.iters), loader):
+        images = normalize(batch.image.to(device, non_blocking=True), batch.valid_size)
+        labels = batch.label.to(device, non_blocking=True)
         lr = set_lr(optimizer, cfg.train.optimizer.lr, iteration, cfg.train.iters,
                     cfg.train.schedule)
         torch.manual_seed(dropout_seed(cfg.seed, iteration, info.rank))

@@ -1,5 +1,11 @@
 # Evaluation on the val split: confusion-matrix mIoU, per-class IoU, pixel accuracy.
 
+EVALUATE_RESOURCES = rule_resources("evaluate_model")
+# resources.evaluate_model.cpus_per_task, or evaluate.threads plus the DataLoader workers
+EVALUATE_CPUS = EVALUATE_RESOURCES.get(
+    "cpus_per_task", PARAMS["evaluate"]["threads"] + PARAMS["evaluate"]["num_workers"]
+)
+
 
 rule evaluate_model:
     input:
@@ -13,6 +19,6 @@ rule evaluate_model:
         RUN_LOG.replace("{step}", "evaluate"),
     threads: PARAMS["evaluate"]["threads"]
     resources:
-        **rule_resources("evaluate_model"),
+        **{**EVALUATE_RESOURCES, "cpus_per_task": EVALUATE_CPUS},
     shell:
         f"{PYTHON} -m ssaseg evaluate {PARAMS_ARGS} {RUN_ARGS} --no-progress > {{log}} 2>&1"

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssaseg.models.classifiers.base import ClassifierOutput
-from ssaseg.models.losses import segmentation_cross_entropy
+from ssaseg.models.losses import class_weight_buffer, segmentation_cross_entropy
 
 
 class PointwiseConv2d(nn.Conv2d):
@@ -51,15 +51,22 @@ class LinearClassifier(nn.Module):
         ignore_index: int = 255,
         dropout: float = 0.1,
         loss_weight: float = 1.0,
+        bias: bool = True,
+        class_weight: list[float] | None = None,
     ) -> None:
+        """``bias``: the 1x1 convolution's bias (mmseg's conv_seg has one; ProtoSeg's HRNet-W48
+        classifier has none). ``class_weight``: per-class weights of the cross-entropy (None:
+        unweighted; ProtoSeg's Cityscapes recipe weights its 19 classes)."""
         super().__init__()
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.loss_weight = loss_weight
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
-        self.conv = PointwiseConv2d(in_channels, num_classes)
+        self.conv = PointwiseConv2d(in_channels, num_classes, bias=bias)
         nn.init.normal_(self.conv.weight, std=0.01)
-        nn.init.zeros_(self.conv.bias)
+        if bias:
+            nn.init.zeros_(self.conv.bias)
+        class_weight_buffer(self, "linear", class_weight, num_classes)
 
     def forward(self, feature: torch.Tensor, labels: torch.Tensor | None = None) -> ClassifierOutput:
         if self.training and isinstance(self.dropout, nn.Dropout2d):
@@ -72,6 +79,6 @@ class LinearClassifier(nn.Module):
         losses = {}
         if labels is not None and self.training:
             losses["ce"] = self.loss_weight * segmentation_cross_entropy(
-                logits, labels, self.ignore_index
+                logits, labels, self.ignore_index, self.class_weight
             )
         return ClassifierOutput(logits, losses)

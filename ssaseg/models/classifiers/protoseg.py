@@ -29,7 +29,7 @@ from torch import nn
 
 from ssaseg.models.classifiers.base import ClassifierOutput
 from ssaseg.models.classifiers.sinkhorn import HARD_ASSIGNMENTS, hard_assign, sinkhorn_knopp
-from ssaseg.models.losses import resize_labels, segmentation_cross_entropy
+from ssaseg.models.losses import class_weight_buffer, resize_labels, segmentation_cross_entropy
 
 IGNORE_TARGET = -100  # prototype targets of unlabelled pixels (any index >= 0 is a prototype)
 
@@ -68,7 +68,10 @@ class ProtoSegClassifier(nn.Module):
         dropout: float = 0.1,
         loss_weight: float = 1.0,
         prototype_init_std: float = 0.02,
+        class_weight: list[float] | None = None,
     ) -> None:
+        """``class_weight``: per-class weights of the segmentation cross-entropy only (PPC and
+        PPD stay unweighted), as ProtoSeg's PixelPrototypeCELoss applies its ``ce_weight``."""
         super().__init__()
         for key, value, ok, rule in (
             ("num_prototypes", num_prototypes, num_prototypes >= 1, "at least 1"),
@@ -108,6 +111,7 @@ class ProtoSegClassifier(nn.Module):
         prototypes = torch.empty(num_classes, num_prototypes, in_channels)
         nn.init.trunc_normal_(prototypes, std=prototype_init_std)
         self.register_buffer("prototypes", F.normalize(prototypes, dim=-1))
+        class_weight_buffer(self, "protoseg", class_weight, num_classes)
 
     def embed(self, feature: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) head feature -> (B*h*w, C) unit-norm embeddings, pixels in (b, y, x)."""
@@ -132,7 +136,8 @@ class ProtoSegClassifier(nn.Module):
             return ClassifierOutput(logits)
 
         losses = {
-            "ce": self.loss_weight * segmentation_cross_entropy(logits, labels, self.ignore_index)
+            "ce": self.loss_weight * segmentation_cross_entropy(logits, labels, self.ignore_index,
+                                                                self.class_weight)
         }
         target = resize_labels(labels, (height, width)).flatten()  # (N,)
         with torch.no_grad():
