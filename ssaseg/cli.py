@@ -147,7 +147,7 @@ def cmd_evaluate(args) -> int:
 
     from ssaseg import atomic_io
     from ssaseg.data.dataset import SegmentationDataset
-    from ssaseg.data.transforms import TestPipeline
+    from ssaseg.data.transforms import EvalPipeline
     from ssaseg.engine.device import select_device
     from ssaseg.engine.evaluate import evaluate
     from ssaseg.config import run_config_from_dict
@@ -164,7 +164,7 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(f"{run_dir / MODEL_FILE} was trained with other settings than "
                           f"{' + '.join(args.params)} now gives this run; train it again")
     dataset = SegmentationDataset(cfg.dataset.root, "val",
-                                  test_pipeline=TestPipeline.from_config(cfg.evaluate))
+                                  test_pipeline=EvalPipeline.from_config(cfg.evaluate))
     metrics, cm = evaluate(model, dataset, device, cfg.evaluate.mode, cfg.evaluate.crop_size,
                            cfg.evaluate.stride, num_workers=cfg.evaluate.num_workers,
                            progress=not args.no_progress)

@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from ssaseg.data.layout import DatasetError, read_manifest, read_meta
-from ssaseg.data.transforms import TestPipeline, TrainPipeline
+from ssaseg.data.transforms import EvalPipeline, TrainPipeline
 
 
 class Sample(NamedTuple):
@@ -97,7 +97,7 @@ class SegmentationDataset(Dataset):
         split: str,
         train: bool = False,
         train_pipeline: TrainPipeline | None = None,
-        test_pipeline: TestPipeline | None = None,
+        test_pipeline: EvalPipeline | None = None,
     ) -> None:
         self.root = Path(root)
         self.meta = read_meta(self.root)
@@ -106,7 +106,7 @@ class SegmentationDataset(Dataset):
         if train and train_pipeline is None:
             raise ValueError("a training dataset needs its train_pipeline")
         self.train_pipeline = train_pipeline
-        self.test_pipeline = test_pipeline or TestPipeline()
+        self.test_pipeline = test_pipeline or EvalPipeline()
 
     def __len__(self) -> int:
         return len(self.items)

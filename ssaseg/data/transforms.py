@@ -11,7 +11,7 @@ and scored that way (mmseg 0.x, which the SSA-Seg reference code uses, does the 
         PhotoMetricDistortion()                             photometric_distortion
         SegDataPreProcessor: normalise, pad to the crop     normalize (on the device)
     test      (test_pipeline; the model's test_cfg)
-        Resize(scale, keep_ratio=True) [ResizeToMultiple]   TestPipeline
+        Resize(scale, keep_ratio=True) [ResizeToMultiple]   EvalPipeline
         whole or sliding-window inference, logits resized to the original size: engine/evaluate.py
 
 Arrays here are (H, W, 3) uint8 RGB images and (H, W) uint8 label maps. mmseg holds images in
@@ -204,14 +204,14 @@ class TrainPipeline:
 
 
 @dataclass(frozen=True)
-class TestPipeline:
+class EvalPipeline:
     """The test-time resize of one dataset (``datasets.<name>.eval``); labels stay as stored."""
 
     scale: tuple[int, int] | None = None  # (long, short); None = as stored
     size_divisor: int | None = None  # mmseg's ResizeToMultiple after the resize
 
     @classmethod
-    def from_config(cls, evaluate) -> TestPipeline:
+    def from_config(cls, evaluate) -> EvalPipeline:
         """From a run's :class:`ssaseg.config.EvalConfig` (``datasets.<name>.eval``)."""
         return cls(scale=tuple(evaluate.scale) if evaluate.scale else None,
                    size_divisor=evaluate.size_divisor)
