@@ -167,13 +167,13 @@ def test_training_pipeline_equals_mmseg_for_the_same_draws(mmseg, mini_root, cat
             assert np.array_equal(rng.get_state()[1], np.random.get_state()[1])
             assert rng.get_state()[2] == np.random.get_state()[2]
 
-            mm_image = packed[-1]["inputs"].flip(0)  # (3, h, w) BGR -> RGB
+            mm_image = packed[-1]["inputs"].flip(0).permute(1, 2, 0)  # (3, h, w) BGR -> RGB HWC
             mm_label = packed[-1]["data_samples"].gt_sem_seg.data[0]
-            height, width = mm_image.shape[-2:]
+            height, width = mm_image.shape[:2]
             assert tuple(sample.valid_size.tolist()) == (height, width)
-            assert torch.equal(sample.image[:, :height, :width], mm_image)
-            assert torch.equal(sample.label[:height, :width], mm_label)
-            assert not sample.image[:, height:].any() and not sample.image[:, :, width:].any()
+            assert torch.equal(sample.image[:height, :width], mm_image)
+            assert torch.equal(sample.label[:height, :width].long(), mm_label)
+            assert not sample.image[height:].any() and not sample.image[:, width:].any()
             assert (sample.label[height:] == IGNORE).all()
             assert (sample.label[:, width:] == IGNORE).all()
     assert any(s.valid_size.tolist() != list(CROP) for s in samples)  # padding was exercised
@@ -183,7 +183,7 @@ def test_training_pipeline_equals_mmseg_for_the_same_draws(mmseg, mini_root, cat
     images = normalize(torch.stack([s.image for s in samples]),
                        torch.stack([s.valid_size for s in samples]))
     assert torch.equal(images, batch["inputs"])
-    labels = torch.stack([s.label for s in samples])
+    labels = torch.stack([s.label for s in samples]).long()
     assert torch.equal(labels, torch.stack([d.gt_sem_seg.data[0] for d in batch["data_samples"]]))
 
 
@@ -198,7 +198,7 @@ def test_cat_max_ratio_redraws_crops_that_one_class_dominates(mini_root):
         return [ds[(index, seed)].label for index in range(len(ds)) for seed in range(8)]
 
     def dominant_share(label):
-        counts = torch.bincount(label[label != IGNORE], minlength=NUM_CLASSES)
+        counts = torch.bincount(label[label != IGNORE].long(), minlength=NUM_CLASSES)
         return (counts.max() / counts.sum()).item() if (counts > 0).sum() > 1 else 1.0
 
     free, redrawn = crops(1.0), crops(0.75)
@@ -265,7 +265,7 @@ def test_test_pipeline_and_miou_equal_mmseg(mmseg, mini_root, mode):
         data = mm_model.data_preprocessor(batch, False)
         sample = ours[index]
         assert torch.equal(normalize(sample.image[None]), data["inputs"])  # the resized input
-        assert torch.equal(sample.label, data["data_samples"][0].gt_sem_seg.data[0])  # original
+        assert torch.equal(sample.label.long(), data["data_samples"][0].gt_sem_seg.data[0])
         with torch.no_grad():
             outputs = mm_model.predict(data["inputs"], data["data_samples"])
         metric.process(batch, [o.to_dict() for o in outputs])

@@ -23,16 +23,18 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from ssaseg.data.layout import DatasetError, read_manifest, read_meta
-from ssaseg.data.transforms import EvalPipeline, TrainPipeline
+from ssaseg.data.transforms import EvalPipeline, TrainPipeline, class_counts
 
 
 class Sample(NamedTuple):
     """One item (the DataLoader stacks each field over the batch).
 
-    image: (3, H, W) uint8 RGB, augmented or test-resized, zero-padded to the crop in training;
-        :func:`ssaseg.data.transforms.normalize` turns it into the model's input on the device
-    label: (H, W) int64; in training the augmented labels padded with the ignore index, in
-        evaluation the ORIGINAL labels (the logits are resized to them, as mmseg scores)
+    image: (H, W, 3) uint8 RGB, augmented or test-resized, zero-padded to the crop in training;
+        :func:`ssaseg.data.transforms.normalize` turns a batch of them into the model's
+        (B, 3, H, W) input on the device
+    label: (H, W) uint8 (int64 where the ignore index exceeds 255; ``.long()`` on the device);
+        in training the augmented labels padded with the ignore index, in evaluation the
+        ORIGINAL labels (the logits are resized to them, as mmseg scores)
     valid_size: (2,) int64 (h, w) of the image inside the padding
     """
 
@@ -76,7 +78,7 @@ def _read_pair(root: Path, image_rel: str, label_rel: str, num_classes: int, ign
     if label.shape != image.shape[:2]:
         raise DatasetError(f"{root / label_rel}: label size {label.shape} differs from its image "
                            f"{root / image_rel} {image.shape[:2]}")
-    counts = np.bincount(label.ravel(), minlength=256)
+    counts = class_counts(label)
     bad = [v for v in np.flatnonzero(counts).tolist() if v >= num_classes and v != ignore_index]
     if bad:
         raise DatasetError(f"{root / label_rel}: label values {bad} outside "
@@ -125,20 +127,28 @@ class SegmentationDataset(Dataset):
             return self._padded(image, label, self.train_pipeline.crop_size)
         image, label = self.load(key)
         image = self.test_pipeline(image)
-        return Sample(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))),
-                      torch.from_numpy(label.astype(np.int64)),
+        return Sample(torch.from_numpy(np.ascontiguousarray(image)),
+                      torch.from_numpy(label.astype(self._label_dtype, copy=False)),
                       torch.tensor(image.shape[:2], dtype=torch.int64))
+
+    @property
+    def _label_dtype(self) -> type:
+        return np.uint8 if self.meta.ignore_index <= 255 else np.int64
 
     def _padded(self, image: np.ndarray, label: np.ndarray, size: tuple[int, int]) -> Sample:
         """Image and labels at the top left of a (h, w) = ``size`` canvas: image 0 there (the
         normalisation zeroes it again after the mean is subtracted, as mmseg pads), labels the
         ignore index."""
         height, width = label.shape
-        canvas = torch.zeros((3, *size), dtype=torch.uint8)
-        canvas[:, :height, :width] = torch.from_numpy(image).permute(2, 0, 1)
-        labels = torch.full(size, self.meta.ignore_index, dtype=torch.int64)
-        labels[:height, :width] = torch.from_numpy(label)
-        return Sample(canvas, labels, torch.tensor((height, width), dtype=torch.int64))
+        valid = torch.tensor((height, width), dtype=torch.int64)
+        if (height, width) == tuple(size):
+            return Sample(torch.from_numpy(np.ascontiguousarray(image)),
+                          torch.from_numpy(label.astype(self._label_dtype)), valid)
+        canvas = np.zeros((*size, 3), dtype=np.uint8)
+        canvas[:height, :width] = image
+        labels = np.full(size, self.meta.ignore_index, dtype=self._label_dtype)
+        labels[:height, :width] = label
+        return Sample(torch.from_numpy(canvas), torch.from_numpy(labels), valid)
 
 
 class TrainBatches(Sampler[list[tuple[int, int]]]):

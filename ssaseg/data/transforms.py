@@ -41,6 +41,15 @@ STD_255 = (58.395, 57.12, 57.375)
 CROP_REDRAWS = 10
 
 
+def class_counts(label: np.ndarray) -> np.ndarray:
+    """(256,) int64 pixel counts of each value of a uint8 label map (OpenCV's histogram, exact
+    below 2**24 pixels per value; NumPy's bincount beyond)."""
+    if label.size >= 2**24:
+        return np.bincount(label.ravel(), minlength=256)
+    hist = cv2.calcHist([np.ascontiguousarray(label)], [0], None, [256], [0, 256])
+    return hist.reshape(-1).astype(np.int64)  # (256, 1) in OpenCV 4, (256,) in 5
+
+
 def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
     """(new_h, new_w) of a keep-ratio resize into ``scale`` = (long side, short side), the
     largest size that fits both: mmcv.rescale_size, including its rounding (``int(x + 0.5)``)."""
@@ -98,8 +107,7 @@ def random_crop(image: np.ndarray, label: np.ndarray, crop_size: tuple[int, int]
     top, left = draw()
     if cat_max_ratio < 1.0:
         for _ in range(CROP_REDRAWS):
-            counts = np.bincount(label[top:top + crop_h, left:left + crop_w].ravel(),
-                                 minlength=256)
+            counts = class_counts(label[top:top + crop_h, left:left + crop_w])
             if 0 <= ignore_index < counts.size:
                 counts[ignore_index] = 0
             present = counts[counts > 0]
@@ -127,11 +135,24 @@ def _affine_lut(alpha: float = 1, beta: float = 0) -> np.ndarray:
     return np.clip(values, 0, 255).astype(np.uint8)
 
 
+def _apply_lut(image: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``lut`` on every value of a uint8 image. Where the table is a saturated integer offset
+    (brightness, nearly always) OpenCV's saturating add / subtract gives the same values about
+    ten times faster than the table look-up."""
+    offset = int(lut[128]) - 128
+    if np.array_equal(lut, np.clip(np.arange(256) + offset, 0, 255)):
+        # a 4-tuple: every channel (OpenCV 4 reads a bare number as (n, 0, 0, 0))
+        if offset >= 0:
+            return cv2.add(image, (offset,) * 4)
+        return cv2.subtract(image, (-offset,) * 4)
+    return cv2.LUT(image, lut)
+
+
 def _lut_on_channel(image: np.ndarray, channel: int, lut: np.ndarray) -> np.ndarray:
     """``lut`` applied to one channel of a 3-channel uint8 image, the others unchanged."""
-    table = np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1)  # (256, 3) identity
-    table[:, channel] = lut
-    return cv2.LUT(image, table.reshape(256, 1, 3))
+    planes = list(cv2.split(image))
+    planes[channel] = cv2.LUT(planes[channel], lut)
+    return cv2.merge(planes)
 
 
 def photometric_distortion(image: np.ndarray, rng: np.random.RandomState,
@@ -146,12 +167,12 @@ def photometric_distortion(image: np.ndarray, rng: np.random.RandomState,
     lossy round trips when both apply)."""
     image = np.ascontiguousarray(image)
     if rng.randint(2):  # brightness
-        image = cv2.LUT(image, _affine_lut(beta=rng.uniform(-brightness_delta, brightness_delta)))
+        image = _apply_lut(image, _affine_lut(beta=rng.uniform(-brightness_delta, brightness_delta)))
     contrast_first = rng.randint(2) == 1  # mmseg's `mode`
 
     def contrast(img: np.ndarray) -> np.ndarray:
         if rng.randint(2):
-            return cv2.LUT(img, _affine_lut(alpha=rng.uniform(*contrast_range)))
+            return _apply_lut(img, _affine_lut(alpha=rng.uniform(*contrast_range)))
         return img
 
     if contrast_first:
@@ -225,16 +246,17 @@ class EvalPipeline:
 
 
 def normalize(images: torch.Tensor, valid_sizes: torch.Tensor | None = None) -> torch.Tensor:
-    """mmseg's SegDataPreProcessor on a batch: (B, 3, H, W) uint8 RGB -> float32
+    """mmseg's SegDataPreProcessor on a batch: (B, H, W, 3) uint8 RGB -> (B, 3, H, W) float32
     ``(x - mean) / std`` (0-255 scale), then 0 outside each image's valid top-left
     ``valid_sizes`` (B, 2) = (h, w) region: mmseg pads the normalised image with 0 (and the
-    labels with 255, which the dataset does) to the crop size at the bottom and right."""
+    labels with 255, which the dataset does) to the crop size at the bottom and right. The
+    channels move first here, on the device, rather than per image in the data workers."""
     mean = images.new_tensor(MEAN_255, dtype=torch.float32).view(1, 3, 1, 1)
     std = images.new_tensor(STD_255, dtype=torch.float32).view(1, 3, 1, 1)
-    out = (images.float() - mean) / std
+    out = ((images.permute(0, 3, 1, 2).float() - mean) / std).contiguous()
     if valid_sizes is None:
         return out
-    height, width = images.shape[-2:]
+    height, width = out.shape[-2:]
     if bool((valid_sizes[:, 0] >= height).all() and (valid_sizes[:, 1] >= width).all()):
         return out  # (checked where the sizes are, the CPU in training: no device sync)
     valid_sizes = valid_sizes.to(images.device)

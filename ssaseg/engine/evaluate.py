@@ -101,7 +101,7 @@ def evaluate(model, dataset, device: torch.device, mode: str = "whole",
     model.eval()
     for sample in tqdm(loader, disable=not progress, desc="evaluate", mininterval=2):
         image = normalize(sample.image.to(device, non_blocking=True))  # (1, 3, h, w)
-        label = sample.label[0].to(device, non_blocking=True)  # (H, W), as stored
+        label = sample.label[0].to(device, non_blocking=True).long()  # (H, W), as stored
         if mode == "slide":
             logits = slide_logits(model, image, num_classes, crop, stride)
         else:

@@ -233,7 +233,7 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
     started = time.perf_counter()
     for iteration, batch in zip(range(start, cfg.train.iters), loader):
         images = normalize(batch.image.to(device, non_blocking=True), batch.valid_size)
-        labels = batch.label.to(device, non_blocking=True)
+        labels = batch.label.to(device, non_blocking=True).long()
         lr = set_lr(optimizer, cfg.train.optimizer.lr, iteration, cfg.train.iters,
                     cfg.train.schedule)
         torch.manual_seed(dropout_seed(cfg.seed, iteration, info.rank))
