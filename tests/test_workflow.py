@@ -70,6 +70,8 @@ def test_mlflow_holds_one_run_per_model_classifier_seed(pipeline_run):
         data = run.data
         assert data.params["train.iters"] == "6" and data.params["model"] == "segformer_b0"
         assert {"git_commit", "config_hash", "device"} <= set(data.tags)
+        # the precision switch and what it meant on this machine (auto: fp32 on the CPU)
+        assert data.params["train.amp"] == "auto" and data.tags["precision"] == "fp32"
         for metric in ("loss", "miou", "pixel_accuracy", "latency_ms_median", "flops_full",
                        "params_total", "peak_memory_mb"):
             assert metric in data.metrics, metric

@@ -64,7 +64,7 @@ def _read_pair(root: Path, image_rel: str, label_rel: str, num_classes: int, ign
     """
     image = cv2.imread(str(root / image_rel), cv2.IMREAD_COLOR)
     try:
-        label = np.asarray(Image.open(root / label_rel))
+        label = np.array(Image.open(root / label_rel))  # writable: it becomes a tensor
     except (OSError, UnidentifiedImageError) as exc:
         label, error = None, exc
     else:
