@@ -34,9 +34,12 @@ ITERS = 4
 # through the gradients.
 CURVE_TOLERANCE = {"linear": 1e-5, "protoseg": 3e-3, "ssa": 2e-2}
 # At iteration 1 the parameters are the same on both sides, so every loss term must agree up to
-# float error, except the terms normalised per rank (above). The SSA teacher's terms agree
-# because its class centres are all-reduced over the global batch.
-PER_RANK_TERMS = {"loss/ppc", "loss/ppd", "loss/response_distill"}
+# float error, except the terms normalised per rank (above; the Dice losses divide by each
+# rank's number of (image, present class) pairs, equal on both sides only when both ranks'
+# images hold as many classes). The SSA teacher's CE agrees because its class centres are
+# all-reduced over the global batch.
+PER_RANK_TERMS = {"loss/ppc", "loss/ppd", "loss/response_distill", "loss/dice",
+                  "loss/teacher_dice"}
 
 
 def _classifier_params(name: str) -> dict:
