@@ -164,7 +164,7 @@ def cmd_evaluate(args) -> int:
         raise ConfigError(f"{run_dir / MODEL_FILE} was trained with other settings than "
                           f"{' + '.join(args.params)} now gives this run; train it again")
     dataset = SegmentationDataset(cfg.dataset.root, "val",
-                                  test_pipeline=EvalPipeline.from_config(cfg.evaluate))
+                                  eval_pipeline=EvalPipeline.from_config(cfg.evaluate))
     metrics, cm = evaluate(model, dataset, device, cfg.evaluate.mode, cfg.evaluate.crop_size,
                            cfg.evaluate.stride, num_workers=cfg.evaluate.num_workers,
                            progress=not args.no_progress)

@@ -237,7 +237,7 @@ class _Ours(nn.Module):
 
 
 @pytest.mark.parametrize("mode", ["whole", "slide"])
-def test_test_pipeline_and_miou_equal_mmseg(mmseg, mini_root, mode):
+def test_eval_pipeline_and_miou_equal_mmseg(mmseg, mini_root, mode):
     mmseg.MODELS.register_module("SsasegTinyBackbone", module=_Backbone, force=True)
     slide = dict(crop_size=(24, 32), stride=(16, 20))
     mm_model = mmseg.EncoderDecoder(
@@ -257,7 +257,7 @@ def test_test_pipeline_and_miou_equal_mmseg(mmseg, mini_root, mode):
         dict(type="PackSegInputs"),
     ])
     ours = SegmentationDataset(mini_root, "val",
-                               test_pipeline=EvalPipeline(scale=TEST_SCALE, size_divisor=8))
+                               eval_pipeline=EvalPipeline(scale=TEST_SCALE, size_divisor=8))
     metric = mmseg.IoUMetric(iou_metrics=["mIoU"])
     metric.dataset_meta = {"classes": ours.meta.classes}
     for index in range(len(ours)):

@@ -151,7 +151,7 @@ class _PointModel(torch.nn.Module):
 
 
 def test_evaluation_through_workers_equals_the_main_process(tmp_path):
-    ds = SegmentationDataset(_prepared(tmp_path), "val", test_pipeline=EvalPipeline(scale=(48, 20)))
+    ds = SegmentationDataset(_prepared(tmp_path), "val", eval_pipeline=EvalPipeline(scale=(48, 20)))
     model = _PointModel(ds.meta.num_classes)
     inline, cm_inline = evaluate(model, ds, torch.device("cpu"), num_workers=0)
     workers, cm_workers = evaluate(model, ds, torch.device("cpu"), num_workers=2)

@@ -90,7 +90,7 @@ class SegmentationDataset(Dataset):
     """Items of one split; ``__getitem__`` takes an index (eval) or (index, aug_seed) (train).
 
     Training items go through ``train_pipeline`` (mmseg's augmentation), evaluation items
-    through ``test_pipeline`` (mmseg's test resize; their labels stay as stored).
+    through ``eval_pipeline`` (mmseg's test resize; their labels stay as stored).
     """
 
     def __init__(
@@ -99,7 +99,7 @@ class SegmentationDataset(Dataset):
         split: str,
         train: bool = False,
         train_pipeline: TrainPipeline | None = None,
-        test_pipeline: EvalPipeline | None = None,
+        eval_pipeline: EvalPipeline | None = None,
     ) -> None:
         self.root = Path(root)
         self.meta = read_meta(self.root)
@@ -108,7 +108,7 @@ class SegmentationDataset(Dataset):
         if train and train_pipeline is None:
             raise ValueError("a training dataset needs its train_pipeline")
         self.train_pipeline = train_pipeline
-        self.test_pipeline = test_pipeline or EvalPipeline()
+        self.eval_pipeline = eval_pipeline or EvalPipeline()
 
     def __len__(self) -> int:
         return len(self.items)
@@ -126,7 +126,7 @@ class SegmentationDataset(Dataset):
             image, label = self.train_pipeline(image, label, augmentation_rng(aug_seed))
             return self._padded(image, label, self.train_pipeline.crop_size)
         image, label = self.load(key)
-        image = self.test_pipeline(image)
+        image = self.eval_pipeline(image)
         return Sample(torch.from_numpy(np.ascontiguousarray(image)),
                       torch.from_numpy(label.astype(self._label_dtype, copy=False)),
                       torch.tensor(image.shape[:2], dtype=torch.int64))
