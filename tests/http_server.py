@@ -7,7 +7,9 @@ Content-Range, 416 past the end), and can misbehave on purpose:
   then only ``n`` bytes of the body and closes the connection (once per setting);
 * ``corrupt.add(path)``: serve the file with some bytes flipped;
 * ``no_range.add(path)``: ignore Range headers (answer 200 with the whole file);
-* ``fail_first[path] = n``: answer the next ``n`` GETs of ``path`` with 503.
+* ``fail_first[path] = n``: answer the next ``n`` GETs of ``path`` with 503;
+* ``no_length.add(path)``: send no Content-Length; the body ends when the connection closes
+  (with ``drop_after``, a dropped connection looks exactly like the end of the file).
 
 Every request is logged in ``requests`` as ``(path, range header or None)``. The server
 shuts down after ``lifetime`` seconds even if a test forgets to stop it.
@@ -41,6 +43,7 @@ class _Handler(BaseHTTPRequestHandler):
                 owner.fail_first[path] -= 1
             corrupt = path in owner.corrupt
             ignore_range = path in owner.no_range
+            no_length = path in owner.no_length
         if body is None:
             self.send_error(404)
             return
@@ -70,7 +73,11 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(status)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(payload)))
+        if no_length:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(len(payload)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{end}/{len(body)}")
         self.end_headers()
@@ -95,6 +102,7 @@ class FileServer:
         self.drop_after: dict[str, int] = {}
         self.corrupt: set[str] = set()
         self.no_range: set[str] = set()
+        self.no_length: set[str] = set()
         self.fail_first: dict[str, int] = {}
         self.requests: list[tuple[str, str | None]] = []
         self.lock = threading.Lock()

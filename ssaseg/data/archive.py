@@ -7,6 +7,13 @@ turns a full disk into a :class:`~ssaseg.data.layout.DatasetError` that names th
 output is assembled in a temporary directory (:func:`ssaseg.atomic_io.atomic_directory`) that
 replaces ``out_dir`` only once the manifest has been written, so a failure at any point
 leaves either nothing or the previous complete copy.
+
+Nothing in an archive decides where a file is written. An archive holding a member whose name
+is absolute or has a ``..`` component is refused when opened; a member that is a symbolic or
+hard link is refused when read; and every id or file name taken from archive content (list
+files, member names, annotation files) must be a plain file name
+(:func:`plain_name`) whose output path resolves inside the dataset directory
+(:meth:`SplitWriter.add`), or the step fails naming it.
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import errno
 import io
 import logging
+import re
+import stat
 import tarfile
 import zipfile
 from collections.abc import Iterable, Iterator
@@ -30,9 +39,28 @@ from ssaseg.data.layout import DatasetError, write_manifest, write_meta
 log = logging.getLogger(__name__)
 
 UNKNOWN = -1  # marks a label value a lookup table does not accept
+IMAGE_EXTENSIONS = (".jpg", ".png")
 
 
 # --- reading archives ----------------------------------------------------------------------
+
+
+def _unsafe_member(name: str) -> str | None:
+    """Why the member name ``name`` points outside the archive's folder, or None."""
+    if name.startswith(("/", "\\")) or re.match(r"[A-Za-z]:", name):
+        return "an absolute path"
+    if ".." in re.split(r"[/\\]", name):
+        return "a path with a '..' component"
+    if "\x00" in name:
+        return "a name with a NUL byte"
+    return None
+
+
+def _tar_name(name: str) -> str:
+    """A tar member's name without the leading ``./`` that some tar programs write."""
+    while name.startswith("./"):
+        name = name[2:]
+    return name
 
 
 class ArchiveReader:
@@ -42,17 +70,28 @@ class ArchiveReader:
         self.path = Path(path)
         if not self.path.is_file():
             raise DatasetError(f"archive {self.path} not found; run the download step first")
+        self._links: dict[str, str] = {}  # member name -> link target (never followed)
         try:
             if zipfile.is_zipfile(self.path):
                 self._zip: zipfile.ZipFile | None = zipfile.ZipFile(self.path)
                 self._tar = None
-                self._members = {
-                    i.filename.rstrip("/"): i for i in self._zip.infolist() if not i.is_dir()
-                }
+                infos = self._zip.infolist()
+                self._check_names(i.filename for i in infos)
+                self._members = {i.filename.rstrip("/"): i for i in infos if not i.is_dir()}
+                for name, info in self._members.items():
+                    if stat.S_ISLNK(info.external_attr >> 16):  # the target is the content
+                        target = self._zip.read(info)[:200].decode("utf-8", "replace")
+                        self._links[name] = target
             elif tarfile.is_tarfile(self.path):
                 self._zip = None
                 self._tar = tarfile.open(self.path)
-                self._members = {m.name.lstrip("./"): m for m in self._tar if m.isfile()}
+                entries = list(self._tar)
+                self._check_names(m.name for m in entries)
+                self._members = {_tar_name(m.name): m for m in entries
+                                 if m.isfile() or m.issym() or m.islnk()}
+                for name, member in self._members.items():
+                    if not member.isfile():
+                        self._links[name] = member.linkname
             else:
                 raise DatasetError(
                     f"{self.path} is neither a zip nor a tar archive (truncated or corrupt "
@@ -63,6 +102,16 @@ class ArchiveReader:
                 f"{self.path} cannot be read as an archive ({err}); it is probably truncated "
                 "or corrupt: delete it and run the download step again"
             ) from err
+
+    def _check_names(self, names: Iterable[str]) -> None:
+        for name in names:
+            if reason := _unsafe_member(name):
+                self.close()
+                raise DatasetError(
+                    f"{self.path.name} holds the member {name!r}, {reason} that points outside "
+                    "its folder: refusing the archive (no official release has one; it is "
+                    "damaged or was tampered with)"
+                )
 
     def __enter__(self) -> ArchiveReader:
         return self
@@ -85,6 +134,11 @@ class ArchiveReader:
             raise DatasetError(
                 f"{self.path.name} has no member {name!r}: the archive is incomplete or not "
                 "the official release; download it again"
+            )
+        if name in self._links:
+            raise DatasetError(
+                f"{self.path.name}: member {name!r} is a link (to {self._links[name]!r}), not a "
+                "file: refusing to follow it (no official release has links)"
             )
         try:
             if self._zip is not None:
@@ -142,6 +196,28 @@ def open_archive(raw_dir: Path, info: DatasetInfo, filename: str) -> ArchiveRead
 
 
 # --- writing -------------------------------------------------------------------------------
+
+
+def plain_name(value: str, source: str, what: str = "id") -> str:
+    """``value`` if it is one plain file name (no folder, not ``.``/``..``, no NUL): ids and
+    file names read from an archive become output file names. Otherwise a
+    :class:`DatasetError` naming ``source`` and the value."""
+    if (not value or value in (".", "..") or "/" in value or "\\" in value
+            or "\x00" in value):
+        raise DatasetError(
+            f"{source}: {what} {value!r} is not a plain file name (it holds a folder, '..' or "
+            "an absolute path, which would write outside the dataset directory): refusing it"
+        )
+    return value
+
+
+def inside(root: Path, *parts: str, source: str = "") -> Path:
+    """``root`` joined with ``parts``, checked to resolve inside ``root``."""
+    path = root.joinpath(*parts)
+    if not path.resolve().is_relative_to(root.resolve()):
+        raise DatasetError(f"{source or path}: the output path {path} resolves outside {root}: "
+                           "refusing it")
+    return path
 
 
 def _write_chunk(handle, data: bytes) -> None:
@@ -243,14 +319,19 @@ class SplitWriter:
 
     def add(self, item_id: str, image: bytes, image_ext: str, label: np.ndarray,
             image_source: str, label_source: str) -> None:
+        plain_name(item_id, image_source)
+        if image_ext not in IMAGE_EXTENSIONS:
+            raise ValueError(f"image extension {image_ext!r} is not one of {IMAGE_EXTENSIONS}")
         if item_id in self._ids:
             raise DatasetError(f"{label_source}: id {item_id!r} appears twice in {self.split}")
         self._ids.add(item_id)
         check_same_size(image_size(image, image_source), label.shape, label_source)
-        write_file(self.root / self.split / "images" / f"{item_id}{image_ext}", image,
-                   image_source)
-        write_file(self.root / self.split / "labels" / f"{item_id}.png", png_bytes(label),
-                   label_source)
+        image_path = inside(self.root, self.split, "images", f"{item_id}{image_ext}",
+                            source=image_source)
+        label_path = inside(self.root, self.split, "labels", f"{item_id}.png",
+                            source=label_source)
+        write_file(image_path, image, image_source)
+        write_file(label_path, png_bytes(label), label_source)
         self.count += 1
 
 

@@ -50,9 +50,11 @@ def read_mat_labels(data: bytes, source: str) -> np.ndarray:
 
 
 def _read_list(archive: ar.ArchiveReader, name: str) -> list[str]:
+    """The image ids of a list file; each must be a plain file name (it names output files)."""
     text = archive.read(name).decode("utf-8", errors="strict")
     ids = [line.strip() for line in text.splitlines() if line.strip()]
-    return [i[: -len(".jpg")] if i.endswith(".jpg") else i for i in ids]
+    ids = [i[: -len(".jpg")] if i.endswith(".jpg") else i for i in ids]
+    return [ar.plain_name(i, f"{ARCHIVE}:{name}", "image id") for i in ids]
 
 
 def prepare(raw_dir: Path, out_dir: Path, *, check_counts: bool = True) -> dict:

@@ -4,13 +4,20 @@
 
 * Resume: bytes arrive in ``<file>.part``; a later attempt (a retry, or the next run) asks for
   the rest with an HTTP ``Range`` request. A server that ignores ``Range`` restarts the file.
+  A body shorter than its length (Content-Length, the Content-Range total, or the catalog's
+  size) is a dropped connection; a body without any length is followed by one more ``Range``
+  request for what comes after it, which a 416 answer confirms as the end.
+* A ``.part`` already there when a download starts is of unknown origin: the file completed
+  from it is installed only if it verifies, else it is moved aside and the whole file is
+  downloaded again once.
 * Retries: network errors and 5xx answers are retried with exponential back-off
   (``backoff * 2**n`` seconds, at most ``max_backoff``); the count restarts whenever an
   attempt made progress, so a connection that keeps dropping still finishes.
 * Verification: size (when known) and every published digest (md5/sha1/sha256, see the
-  catalog). Where none is published, a zip/tar must open (a truncated one does not) and the
-  sha256 is recorded on first download in ``<file>.sha256`` (``sha256sum`` format); later
-  runs check against that record.
+  catalog). Where none is published, every member of the zip/tar is read before anything is
+  recorded (zip: each member against its CRC-32; tar: each member to its full size, the
+  end-of-archive marker, and a compressed stream's own checksum), and only then is the sha256
+  recorded in ``<file>.sha256`` (``sha256sum`` format); later runs check against that record.
 * Atomic: the finished ``.part`` is renamed to its final name only after it verifies.
 * A file that fails verification is moved aside to ``<file>.corrupt-<UTC timestamp>`` (kept
   for inspection, never re-used) and the download stops with a :class:`ChecksumError`; an
@@ -32,6 +39,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -107,22 +115,51 @@ def move_aside(path: Path, name: str | None = None) -> Path:
     return target
 
 
-def _structure_problem(path: Path, filename: str) -> str | None:
-    """Why archive ``path`` (to be named ``filename``) cannot be opened (truncated/corrupt),
-    or None if it opens."""
+def _tar_problem(path: Path, compressed: bool) -> str | None:
+    """Read every member of a tar to its end; None if the archive is whole."""
+    if not compressed and path.stat().st_size % tarfile.BLOCKSIZE:
+        return "size is not a whole number of tar blocks (truncated)"
+    with tarfile.open(path) as t:
+        for member in t:
+            if not member.isfile():
+                continue
+            handle, left = t.extractfile(member), member.size
+            while left > 0 and (chunk := handle.read(min(CHUNK, left))):
+                left -= len(chunk)
+            if left:
+                return f"member {member.name!r} is truncated (truncated or corrupt download)"
+        if compressed:  # the rest of the stream: gzip/bz2/xz check their CRC at its end
+            while t.fileobj.read(CHUNK):
+                pass
+            return None
+        # Python's tarfile takes the end of the file, or an unreadable header, for the end
+        # of the archive: require the end-of-archive marker (zero blocks) where it stopped.
+        with open(path, "rb") as raw:
+            raw.seek(t.offset)
+            marker = raw.read(2 * tarfile.BLOCKSIZE)
+        if len(marker) < 2 * tarfile.BLOCKSIZE or marker.strip(b"\0"):
+            return (f"no end-of-archive marker at byte {t.offset} (truncated between two "
+                    "members, or a damaged header)")
+    return None
+
+
+def _whole_archive_problem(path: Path, filename: str) -> str | None:
+    """Why archive ``path`` (to be named ``filename``) is not whole, or None: every member is
+    read to its end (zip: each checked against its CRC-32; tar: each read to its full size,
+    compressed streams to their checksummed end). Opening an archive reads only its directory,
+    which a file damaged or truncated in the middle still has."""
     name = filename.lower()
     try:
         if name.endswith(".zip"):
             with zipfile.ZipFile(path) as z:
-                z.infolist()
+                bad = z.testzip()  # reads every member, checks its CRC-32
+            if bad is not None:
+                return f"member {bad!r} is corrupt (CRC-32 mismatch or unreadable data)"
         elif name.endswith((".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")):
-            with tarfile.open(path) as t:
-                t.next()
-                if name.endswith(".tar"):  # uncompressed: the size must be whole blocks
-                    if path.stat().st_size % tarfile.BLOCKSIZE:
-                        return "size is not a whole number of tar blocks (truncated)"
-    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as err:
-        return f"cannot be opened ({err})"
+            return _tar_problem(path, compressed=not name.endswith(".tar"))
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError,
+            NotImplementedError, zlib.error) as err:
+        return f"cannot be opened or read ({err}): truncated or corrupt"
     return None
 
 
@@ -154,9 +191,12 @@ def verify(path: Path, archive: Archive, *, target: Path | None = None,
             f"{_record_path(target).name} when it was first downloaded (delete that record "
             "only if the file legitimately changed upstream)"
         )
-    if not published and recorded is None:
-        if archive.extract and (problem := _structure_problem(path, archive.filename)):
-            raise ChecksumError(f"{path}: {problem}")
+    if not published and recorded is None:  # nothing to compare with: check it is whole
+        if archive.extract:
+            log.info("%s: no published checksum; reading every member before trusting it",
+                     target.name)
+            if problem := _whole_archive_problem(path, archive.filename):
+                raise ChecksumError(f"{path}: {problem}")
         if record:
             log.info("%s: no published checksum; recording sha256 %s", target.name,
                      digests["sha256"])
@@ -176,18 +216,26 @@ def _open(url: str, offset: int, timeout: float):
 
 
 def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool, desc: str,
-                expected_size: int | None) -> None:
-    """One attempt: continue ``part`` from its current size to the end of the resource."""
+                expected_size: int | None, confirming: bool = False) -> bool:
+    """One attempt: continue ``part`` from its current size to the end of the resource.
+
+    Returns False when the body ended with the connection and nothing said how long the file
+    is (no Content-Length, no Content-Range total, no catalog size): a dropped connection
+    looks the same, so the caller asks again for what follows (``confirming``); a 416 answer
+    then confirms the end, more bytes continue the file.
+    """
     offset = part.stat().st_size if part.exists() else 0
     if expected_size is not None and offset == expected_size:
-        return
+        return True
     try:
         response = _open(url, offset, timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # nothing left to send: the part is complete or bad
             total = _total_from_content_range(err.headers.get("Content-Range"))
             if total is not None and total == offset:
-                return
+                return True
+            if confirming and total is None:  # nothing after the bytes we have
+                return True
             log.warning("%s: server refused to resume at byte %d; restarting", desc, offset)
             part.unlink()
             raise _Retryable(f"HTTP 416 at offset {offset}") from err
@@ -198,6 +246,7 @@ def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool, desc: s
             TimeoutError) as err:
         raise _Retryable(str(getattr(err, "reason", err))) from err
 
+    asked_from = offset
     with response:
         status = response.status
         if status == 206:
@@ -213,7 +262,9 @@ def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool, desc: s
             raise _Retryable(f"unexpected HTTP status {status}")
         length = response.headers.get("Content-Length")
         remaining = int(length) if length is not None else None
-        total = (offset + remaining) if remaining is not None else expected_size
+        range_total = (_total_from_content_range(response.headers.get("Content-Range"))
+                       if status == 206 else None)
+        total = (offset + remaining) if remaining is not None else (range_total or expected_size)
         if expected_size is not None and total is not None and total != expected_size:
             raise DownloadError(
                 f"{url}: server says {total} bytes, the catalog expects {expected_size}; the "
@@ -243,8 +294,14 @@ def _fetch_once(url: str, part: Path, *, timeout: float, progress: bool, desc: s
                     bar.update(len(chunk))
         finally:
             bar.close()
-        if remaining is not None and received < remaining:
-            raise _Retryable(f"connection closed after {offset + received} of {total} bytes")
+        if total is not None:
+            if offset + received < total:
+                raise _Retryable(f"connection closed after {offset + received} of {total} bytes")
+            return True
+        if status == 200 and asked_from:
+            # the server ignores Range: it cannot be asked what follows; verification decides
+            return True
+        return confirming and received == 0  # asked for more and got none: that was the end
 
 
 def _start_from_content_range(value: str | None) -> int | None:
@@ -263,6 +320,35 @@ def _progress_bar(total: int | None, initial: int, desc: str, enabled: bool):
     return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True,
                 unit_divisor=1024, disable=not enabled, mininterval=0.5, leave=True,
                 dynamic_ncols=True)  # the default bar shows rate and ETA
+
+
+def _fetch_with_retries(url: str, part: Path, expected_size: int | None, *, desc: str,
+                        retries: int, backoff: float, max_backoff: float, timeout: float,
+                        progress: bool, sleep: Callable[[float], None]) -> None:
+    """Complete ``part`` from its current size, retrying transient failures with back-off."""
+    failures, confirming = 0, False
+    while True:
+        before = part.stat().st_size if part.exists() else 0
+        try:
+            if _fetch_once(url, part, timeout=timeout, progress=progress, desc=desc,
+                           expected_size=expected_size, confirming=confirming):
+                return
+            if not confirming:
+                log.info("%s: the server sent no length; asking for the bytes after %d to "
+                         "confirm the end", desc, part.stat().st_size if part.exists() else 0)
+            confirming = True
+        except _Retryable as err:
+            confirming = False
+            after = part.stat().st_size if part.exists() else 0
+            failures = 1 if after > before else failures + 1
+            if failures > retries:
+                raise DownloadError(
+                    f"{url}: giving up after {retries} retries ({err}); {after} bytes are kept "
+                    f"in {part} and the next run resumes from there"
+                ) from err
+            delay = min(max_backoff, backoff * 2 ** (failures - 1))
+            log.warning("%s: %s; retrying in %.1f s", desc, err, delay)
+            sleep(delay)
 
 
 def download_file(url: str, dest: str | Path, archive: Archive | None = None, *,
@@ -287,35 +373,30 @@ def download_file(url: str, dest: str | Path, archive: Archive | None = None, *,
             log.warning("%s; moved it to %s and downloading again", err, moved.name)
 
     part = dest.with_name(dest.name + ".part")
-    failures = 0
-    while True:
-        before = part.stat().st_size if part.exists() else 0
+    # Bytes already in the .part come from an earlier run, or from anything else that wrote
+    # that name (another tool, another version of the file): they are of unknown origin. A
+    # file completed from them is installed only if it verifies; if it does not, it is kept
+    # aside and the whole file is downloaded once more from its first byte.
+    attempts = 2 if part.is_file() and part.stat().st_size else 1
+    for attempt in range(attempts):
+        _fetch_with_retries(url, part, archive.size, desc=dest.name, retries=retries,
+                            backoff=backoff, max_backoff=max_backoff, timeout=timeout,
+                            progress=progress, sleep=sleep)
         try:
-            _fetch_once(url, part, timeout=timeout, progress=progress, desc=dest.name,
-                        expected_size=archive.size)
+            sha256 = verify(part, archive, target=dest, record=False)
             break
-        except _Retryable as err:
-            after = part.stat().st_size if part.exists() else 0
-            failures = 1 if after > before else failures + 1
-            if failures > retries:
-                raise DownloadError(
-                    f"{url}: giving up after {retries} retries ({err}); {after} bytes are kept "
-                    f"in {part} and the next run resumes from there"
-                ) from err
-            delay = min(max_backoff, backoff * 2 ** (failures - 1))
-            log.warning("%s: %s; retrying in %.1f s", dest.name, err, delay)
-            sleep(delay)
-
-    try:
-        sha256 = verify(part, archive, target=dest, record=False)
-    except ChecksumError as err:
-        moved = move_aside(part, dest.name)
-        raise ChecksumError(
-            f"{err}. The download is corrupt; it was kept as {moved} (delete it when done "
-            "looking) and nothing was installed. Run the download again; if it fails the same "
-            "way, the file changed upstream: report it.",
-            moved_to=moved,
-        ) from None
+        except ChecksumError as err:
+            moved = move_aside(part, dest.name)
+            if attempt + 1 < attempts:
+                log.warning("%s; it was completed from a %s already there (kept as %s): "
+                            "downloading the whole file again", err, part.name, moved.name)
+                continue
+            raise ChecksumError(
+                f"{err}. The download is corrupt; it was kept as {moved} (delete it when done "
+                "looking) and nothing was installed. Run the download again; if it fails the "
+                "same way, the file changed upstream: report it.",
+                moved_to=moved,
+            ) from None
     os.replace(part, dest)
     if read_record(dest) is None:
         write_record(dest, sha256)  # the record later runs verify against

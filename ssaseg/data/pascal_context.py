@@ -139,6 +139,8 @@ def prepare(raw_dir: Path, out_dir: Path, *, check_counts: bool = True) -> dict:
             )
             if not images:
                 raise DatasetError(f"{ANNOTATIONS}: no images with phase {phase!r}")
+            for image in images:  # a file name becomes an output file name: no folders
+                ar.plain_name(str(image["file_name"]), ANNOTATIONS, "file_name")
             if base is None:
                 base = archive.find_root(f"VOC2010/JPEGImages/{images[0]['file_name']}")
             writer = ar.SplitWriter(root, split)
