@@ -4,7 +4,13 @@ Per (dataset, model, classifier): the median mIoU over seeds (as the SSA paper r
 per-seed values, params, GFLOPs in the papers' convention (mmcv: one multiply-add = one FLOP,
 attention matmuls not counted) and the full count, and latency with its conditions. When a
 published-results CSV is given, our figure, the published one and the difference stand side by
-side. Outputs are rewritten only when their content changes.
+side.
+
+A report appears whole or not at all (:func:`write_report`): its files are assembled in a
+temporary directory that replaces the report directory in one swap, so a report killed
+mid-way never shows a summary.md beside an older summary.csv. Outputs whose content did not
+change keep their file (same inode, same mtime: Snakemake sees nothing new), and nothing is
+swapped when no output changed.
 """
 
 from __future__ import annotations
@@ -12,22 +18,61 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
 
 from ssaseg import atomic_io
+from ssaseg.config import ConfigError
 from ssaseg.engine.train import TRAIN_LOG
 
 EVAL_FILE = "eval.json"
 PROFILE_FILE = "profile.json"
 
 
-def _write_if_changed(path: Path, data: bytes) -> bool:
-    if path.is_file() and path.read_bytes() == data:
-        return False
-    atomic_io.write_bytes(path, data)
-    return True
+def _unchanged(path: Path, data: bytes) -> bool:
+    return path.is_file() and path.stat().st_size == len(data) and path.read_bytes() == data
+
+
+def _keep(source: Path, dest: Path) -> None:
+    """Put the existing file ``source`` into the new report unchanged (a hard link: same
+    inode and mtime; a copy with its mtime where the file system has no hard links)."""
+    try:
+        os.link(source, dest)
+    except OSError:
+        shutil.copy2(source, dest)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    path.write_bytes(data)
+
+
+def write_report(out_dir: Path, outputs: dict[str, bytes]) -> list[Path]:
+    """Make ``out_dir`` hold ``outputs`` (file name -> bytes), all of them or none: the new
+    report is assembled beside it and swapped in (:func:`ssaseg.atomic_io.atomic_directory`).
+    Other files already in ``out_dir`` are kept. Returns the files whose content changed."""
+    out_dir = Path(out_dir)
+    changed = [name for name, data in outputs.items() if not _unchanged(out_dir / name, data)]
+    if not changed:
+        return []
+    real_dir = out_dir.resolve()  # a symlinked report directory is swapped where it lies
+    existing = sorted(real_dir.iterdir()) if real_dir.is_dir() else []
+    folders = [p.name for p in existing if p.is_dir()]
+    if folders:
+        raise ConfigError(
+            f"report directory {out_dir} holds the folder(s) {folders}: a report directory is "
+            "replaced as a whole and holds only files; choose another --out-dir (or reports_dir)"
+        )
+    with atomic_io.atomic_directory(real_dir) as tmp:
+        for path in existing:
+            stale_temporary = path.name.startswith(".") and path.name.endswith(".tmp")
+            if path.name not in changed and not stale_temporary:
+                _keep(path, tmp / path.name)
+        for name in changed:
+            _write_file(tmp / name, outputs[name])
+    return [out_dir / name for name in changed]
 
 
 def collect(run_dirs: list[Path]) -> pd.DataFrame:
@@ -153,4 +198,4 @@ def build_report(run_dirs: list[Path], out_dir: Path, published_csv: Path | None
         "runs.csv": runs.drop(columns=["run_dir"]).to_csv(index=False, float_format="%.4f").encode(),
         **_plots(runs, table),
     }
-    return [out_dir / name for name, data in outputs.items() if _write_if_changed(out_dir / name, data)]
+    return write_report(out_dir, outputs)
