@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ssaseg import atomic_io
 from ssaseg.config import resolve_run, validate_params
 from ssaseg.data.dataset import SegmentationDataset
 from ssaseg.data.prepare import prepare_dataset
@@ -91,7 +92,11 @@ def test_train_kill_resume_evaluate_loads_everything_weights_only(mini_params, m
     with pytest.raises(_Killed):
         train(cfg, progress=False)
     monkeypatch.setattr(train_module.checkpoint, "save", real_save)
+    ckpt = checkpoint.last_checkpoint(cfg.run_dir)  # a killed save left its temporary
+    killed = ckpt.with_name(f".last.pt.{atomic_io._HOST}-999999999.0123abcd.tmp")
+    killed.write_bytes(b"half a checkpoint")
     train(cfg, progress=False)  # resumes from last.pt at iteration 2
+    assert not killed.exists()
     assert loads == [True]
     history = (Path(cfg.run_dir) / "train_log.csv").read_text().splitlines()
     assert [line.split(",")[0] for line in history[1:]] == ["1", "2", "3", "4"]

@@ -156,6 +156,9 @@ def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: t
            stop: _StopSignals) -> Path:
     run_dir = Path(cfg.run_dir)
     ckpt_path = checkpoint.last_checkpoint(run_dir)
+    if info.is_main:  # what a killed write of last.pt / model.pt left (its writer's PID is dead)
+        for target in (ckpt_path, run_dir / MODEL_FILE):
+            atomic_io.remove_stale_temporaries(target)
 
     meta = read_meta(cfg.dataset.root)
     dataset = SegmentationDataset(
