@@ -8,9 +8,10 @@ modes) follow the datasets' own releases and the conventions of the published ba
 
 Checksums: an archive lists the digests that are publicly documented, with where they come
 from (``checksum_source``). Where none is published (``sha256=None``, and no md5/sha1 either),
-the archive is verified by its structure (a zip/tar must open: a truncated file does not) and
-by a sha256 recorded on first download in ``<archive>.sha256`` beside it; every later run
-checks against that record (see :mod:`ssaseg.data.download`).
+the archive is verified by reading every member of it (zip: against each member's CRC-32;
+tar: each member to its full size and the end-of-archive marker) before a sha256 is recorded
+in ``<archive>.sha256`` beside it; every later run checks against that record (see
+:mod:`ssaseg.data.download`).
 """
 
 from __future__ import annotations
