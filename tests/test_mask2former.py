@@ -16,8 +16,6 @@ released checkpoint's names, which are exactly mmseg's model's state-dict names.
 
 from __future__ import annotations
 
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -26,32 +24,9 @@ import torch
 from ssaseg.models.segmentor_key_tables import MASK2FORMER, apply_key_table
 from ssaseg.models.zoo import build_segmentor
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
+from tests.mmcv_stub import stub_mmcv_ext
 
 NUM_CLASSES = 150
-
-
-def _stub_mmcv_ext() -> None:
-    if "mmcv._ext" in sys.modules:
-        return
-    try:
-        import mmcv._ext  # noqa: F401  (a full mmcv build has the real ops)
-        return
-    except ImportError:
-        pass
-    ext = types.ModuleType("mmcv._ext")
-
-    def missing(name):
-        def call(*args, **kwargs):
-            raise NotImplementedError(f"mmcv._ext.{name}: compiled op not available (test stub)")
-        return call
-
-    def getattr_(name):
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return missing(name)
-
-    ext.__getattr__ = getattr_
-    sys.modules["mmcv._ext"] = ext
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +34,7 @@ def mmseg_mask2former():
     pytest.importorskip("mmseg")
     pytest.importorskip("mmdet")
     declare_missing_torchvision_ops()
-    _stub_mmcv_ext()
+    stub_mmcv_ext()
     import mmdet.models  # noqa: F401  (registers mmdet's modules)
     import mmseg
     from mmengine.config import Config

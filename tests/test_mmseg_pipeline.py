@@ -2,7 +2,7 @@
 
 Needs the optional extra ``conformance`` (mmsegmentation 1.2.2, mmengine, mmcv-lite); skipped
 without it. mmcv-lite has no compiled ``mmcv.ops``: the few names mmseg imports from it are
-stubbed here (none of them runs in these tests).
+stubbed by tests/mmcv_stub.py (none of them runs in these tests).
 
 * training: with the same generator state (our per-sample RandomState copied into NumPy's global
   one, which mmseg's transforms draw from), mmseg's LoadImageFromFile -> LoadAnnotations ->
@@ -16,7 +16,6 @@ stubbed here (none of them runs in these tests).
 
 from __future__ import annotations
 
-import sys
 import types
 
 import numpy as np
@@ -31,6 +30,7 @@ from ssaseg.data.transforms import MEAN_255, STD_255, EvalPipeline, TrainPipelin
 from ssaseg.engine.evaluate import evaluate
 from ssaseg.models.losses import resize_logits
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
+from tests.mmcv_stub import stub_mmcv_ext
 
 pytest.importorskip("mmseg", reason="needs the optional extra `conformance` (mmsegmentation)")
 # mmseg's and mmcv-lite's deprecation and missing-op notices
@@ -45,33 +45,11 @@ TEST_SCALE = (64, 40)
 SIZES = [(60, 90), (90, 50), (33, 41), (120, 100), (47, 47), (75, 130)]
 
 
-def _stub_mmcv_ops() -> None:
-    """An ``mmcv.ops`` whose every name is a function that raises (mmcv-lite ships none)."""
-    try:
-        import mmcv.ops  # noqa: F401  (full mmcv: nothing to stub)
-        return
-    except (ImportError, ModuleNotFoundError):
-        pass
-    ops = types.ModuleType("mmcv.ops")
-
-    def missing(name: str):
-        if name.startswith("__"):
-            raise AttributeError(name)
-
-        def stub(*args, **kwargs):
-            raise RuntimeError(f"mmcv.ops.{name} is a test stub (mmcv-lite has no compiled ops)")
-
-        return stub
-
-    ops.__getattr__ = missing
-    sys.modules["mmcv.ops"] = ops
-
-
 @pytest.fixture(scope="module")
 def mmseg():
     """mmseg's transforms, preprocessor, segmentor and metric, importable with mmcv-lite."""
     declare_missing_torchvision_ops()
-    _stub_mmcv_ops()
+    stub_mmcv_ext()
     from mmengine.registry import init_default_scope
     from mmseg.utils import register_all_modules
 
