@@ -9,6 +9,7 @@
     python -m ssaseg tracking-server --host ADDR --port 5000 --backend-store URI --artifacts DIR
     python -m ssaseg train    --params params/default.yaml RUN
     python -m ssaseg evaluate --params params/default.yaml RUN
+    python -m ssaseg evaluate --params params/ade20k.yaml RUN --checkpoint FILE   released model
     python -m ssaseg profile  --params params/default.yaml RUN
     python -m ssaseg report   --params params/default.yaml
 
@@ -145,35 +146,88 @@ def cmd_train(args) -> int:
 def cmd_evaluate(args) -> int:
     import torch
 
-    from ssaseg import atomic_io
-    from ssaseg.data.dataset import SegmentationDataset
-    from ssaseg.data.transforms import EvalPipeline
-    from ssaseg.engine.device import select_device
-    from ssaseg.engine.evaluate import evaluate
     from ssaseg.config import run_config_from_dict
+    from ssaseg.engine.device import select_device
     from ssaseg.engine.train import MODEL_FILE, load_trained
-    from ssaseg.report import EVAL_FILE
-    from ssaseg.tracking import RunTracker
 
-    cfg = _run(args)
+    params = _params(args)
+    cfg = resolve_run(params, args.dataset, args.model, args.classifier, args.seed)
     torch.set_num_threads(cfg.evaluate.threads)
     device = select_device(cfg.evaluate.device)
+    checkpoint = _released_checkpoint(args, params)
+    if checkpoint is not None:
+        return _evaluate_released(args, cfg, checkpoint, device)
     run_dir = Path(cfg.run_dir)
     model, state = load_trained(run_dir / MODEL_FILE, device)
     if run_config_from_dict(state["config"]).config_hash() != cfg.config_hash():
         raise ConfigError(f"{run_dir / MODEL_FILE} was trained with other settings than "
                           f"{' + '.join(args.params)} now gives this run; train it again")
+    _evaluate_and_write(args, cfg, model, device, run_dir, {"config_hash": cfg.config_hash()})
+    return 0
+
+
+def _released_checkpoint(args, params: dict) -> Path | None:
+    """The released checkpoint to evaluate: --checkpoint FILE, or with --released the file the
+    params' ``checkpoints.<dataset>.<model>.<classifier>`` names; None: our trained model."""
+    if args.checkpoint and args.released:
+        raise ConfigError("evaluate: give --checkpoint FILE or --released, not both")
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    if not args.released:
+        return None
+    named = params.get("checkpoints", {}).get(args.dataset, {}).get(args.model, {})
+    if args.classifier not in named:
+        raise ConfigError(f"checkpoints.{args.dataset}.{args.model}.{args.classifier}: not set "
+                          f"in {' + '.join(args.params)}; name the released file there or pass "
+                          "--checkpoint FILE")
+    return Path(named[args.classifier])
+
+
+def _evaluate_released(args, cfg: RunConfig, checkpoint: Path, device) -> int:
+    """Evaluate a released whole-segmentor checkpoint as this run's model/classifier on its
+    dataset; outputs go to ``<run>/../released/`` (beside the seeds: no training involved)."""
+    import hashlib
+
+    from ssaseg.data.layout import read_meta
+    from ssaseg.models.segmentor_checkpoint import load_released_checkpoint
+    from ssaseg.models.zoo import build_segmentor
+
+    meta = read_meta(cfg.dataset.root)
+    model = build_segmentor(cfg.model, cfg.classifier, meta.num_classes, meta.ignore_index,
+                            cfg.classifier_params)
+    load_released_checkpoint(model, checkpoint, cfg.model, cfg.classifier)
+    with checkpoint.open("rb") as fh:
+        sha256 = hashlib.file_digest(fh, "sha256").hexdigest()
+    out_dir = Path(cfg.run_dir).parent / "released"
+    source = {"checkpoint": str(checkpoint), "checkpoint_sha256": sha256}
+    _evaluate_and_write(args, cfg, model.to(device).eval(), device, out_dir, source,
+                        tracker_run=(cfg.dataset.name, f"{cfg.model}/{cfg.classifier}/released"))
+    return 0
+
+
+def _evaluate_and_write(args, cfg: RunConfig, model, device, out_dir: Path, extra: dict,
+                        tracker_run: tuple[str, str] | None = None) -> None:
+    """Evaluate ``model`` on the run's val split; write eval.json, per_class_iou.csv and
+    confusion_matrix.csv into ``out_dir`` and log them to its MLflow run (``tracker_run``:
+    (experiment, run name) of a new one where out_dir has none yet)."""
+    from ssaseg import atomic_io
+    from ssaseg.data.dataset import SegmentationDataset
+    from ssaseg.data.transforms import EvalPipeline
+    from ssaseg.engine.evaluate import evaluate
+    from ssaseg.report import EVAL_FILE
+    from ssaseg.tracking import RunTracker
+
     dataset = SegmentationDataset(cfg.dataset.root, "val",
                                   eval_pipeline=EvalPipeline.from_config(cfg.evaluate))
     metrics, cm = evaluate(model, dataset, device, cfg.evaluate.mode, cfg.evaluate.crop_size,
                            cfg.evaluate.stride, num_workers=cfg.evaluate.num_workers,
                            progress=not args.no_progress)
     classes = dataset.meta.classes
-    per_class = run_dir / "per_class_iou.csv"
+    per_class = out_dir / "per_class_iou.csv"
     rows = ["class,iou,accuracy"] + [f"{c},{i:.6f},{a:.6f}"
                                      for c, i, a in zip(classes, metrics.iou, metrics.accuracy)]
     atomic_io.write_text(per_class, "\n".join(rows) + "\n")
-    atomic_io.write_text(run_dir / "confusion_matrix.csv",
+    atomic_io.write_text(out_dir / "confusion_matrix.csv",
                          "\n".join(",".join(map(str, r)) for r in cm.tolist()) + "\n")
     result = {
         "run": {"dataset": cfg.dataset.name, "model": cfg.model, "classifier": cfg.classifier,
@@ -183,19 +237,22 @@ def cmd_evaluate(args) -> int:
         "size_divisor": cfg.evaluate.size_divisor, "num_images": len(dataset),
         "per_class": [{"class": c, "iou": i, "accuracy": a}
                       for c, i, a in zip(classes, metrics.iou, metrics.accuracy)],
-        "config_hash": cfg.config_hash(),
+        **extra,
     }
-    tracker = RunTracker(cfg.tracking_uri, run_dir)
+    experiment, run_name = tracker_run or (None, None)
+    tracker = RunTracker(cfg.tracking_uri, out_dir, experiment=experiment, run_name=run_name,
+                         tags={"source": "released checkpoint", **extra} if tracker_run else None)
     tracker.log_metrics({"miou": metrics.miou, "macc": metrics.macc,
                          "pixel_accuracy": metrics.pixel_accuracy,
                          **{f"iou/{c}": v for c, v in zip(classes, metrics.iou) if v == v}})
     tracker.log_artifact(per_class)
-    tracker.log_artifact(run_dir / "confusion_matrix.csv")
-    atomic_io.write_json(run_dir / EVAL_FILE, result)
-    tracker.log_artifact(run_dir / EVAL_FILE)
+    tracker.log_artifact(out_dir / "confusion_matrix.csv")
+    atomic_io.write_json(out_dir / EVAL_FILE, result)
+    tracker.log_artifact(out_dir / EVAL_FILE)
     tracker.finish()
-    print(f"{cfg.run_name}: mIoU {100 * metrics.miou:.2f}  aAcc {100 * metrics.pixel_accuracy:.2f}")
-    return 0
+    where = f" ({extra['checkpoint']})" if "checkpoint" in extra else ""
+    print(f"{cfg.run_name}{where}: mIoU {100 * metrics.miou:.2f}  "
+          f"aAcc {100 * metrics.pixel_accuracy:.2f}")
 
 
 def cmd_profile(args) -> int:
@@ -292,7 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("init-tracking", cmd_init_tracking, "create the MLflow store before parallel jobs")
     p.add_argument("--marker", help="file to write once the store exists")
     add("train", cmd_train, "train one run (resumes from its last checkpoint)", run=True)
-    add("evaluate", cmd_evaluate, "evaluate one trained run on the val split", run=True)
+    p = add("evaluate", cmd_evaluate, "evaluate one trained run (or a released checkpoint) on "
+            "the val split", run=True)
+    p.add_argument("--checkpoint", metavar="FILE", help="a released whole-segmentor checkpoint "
+                   "(mmseg 1.x/0.x) to evaluate as this run's model + classifier, instead of "
+                   "the model trained by us; outputs in <run>/../released/")
+    p.add_argument("--released", action="store_true", help="the checkpoint that the params' "
+                   "checkpoints.<dataset>.<model>.<classifier> names")
     add("profile", cmd_profile, "params, FLOPs, latency, memory of one run's model", run=True)
     p = add("report", cmd_report, "tables and plots from every run of a params file")
     p.add_argument("--out-dir", help="default: <reports_dir>/<name>")
@@ -312,6 +375,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loaded_input_errors() -> tuple[type[Exception], ...]:
+    """Checkpoint errors (one line naming the file) of the modules a command imported: looked up
+    only once raised, so that a command that never loads torch does not import it."""
+    found = []
+    for module, name in (("ssaseg.engine.checkpoint", "CheckpointError"),
+                         ("ssaseg.models.segmentor_checkpoint", "SegmentorCheckpointError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config" and args.model and None in (args.dataset, args.classifier, args.seed):
@@ -323,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, RunLockedError, KeyError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetError, RunLockedError, KeyError, FileNotFoundError,
+            *_loaded_input_errors()) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -314,6 +314,11 @@ def load_trained(model_path: str | Path, device: torch.device):
     """(Segmentor in eval mode, saved state) from a file written by :func:`train`."""
 
     state = checkpoint.load(model_path, device)
+    if not isinstance(state, dict) or "config" not in state:
+        raise checkpoint.CheckpointError(
+            f"{model_path} is not a model file written by `ssaseg train` (it has no run config); "
+            "to evaluate a released segmentor checkpoint pass it to `python -m ssaseg evaluate "
+            "... --checkpoint FILE`")
     cfg = run_config_from_dict(state["config"])
     model = build_segmentor(cfg.model, cfg.classifier, state["num_classes"], state["ignore_index"],
                             cfg.classifier_params)
