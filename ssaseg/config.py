@@ -142,6 +142,22 @@ def _check_names(params: dict, source: str) -> None:
         _raise_errors(_validator("$defs", "dataset_options", name), dataset["options"], source,
                       prefix=f"datasets.{name}.options")
     _check_mask_classification(params, source)
+    _check_checkpoints(params, source)
+
+
+def _check_checkpoints(params: dict, source: str) -> None:
+    """``checkpoints`` names only runs of this params file (a typo must not be skipped)."""
+    for dataset, models in params.get("checkpoints", {}).items():
+        for model, classifiers in models.items():
+            for classifier in classifiers:
+                for key, value, known in (("datasets", dataset, list(params["datasets"])),
+                                          ("models", model, params["models"]),
+                                          ("classifiers", classifier,
+                                           list(params["classifiers"]))):
+                    if value not in known:
+                        raise ConfigError(
+                            f"{source}: checkpoints.{dataset}.{model}.{classifier}: {value!r} "
+                            f"is not in this file's {key} ({', '.join(map(str, known))})")
 
 
 def _check_mask_classification(params: dict, source: str) -> None:

@@ -311,3 +311,21 @@ def test_evaluate_checkpoint_gives_the_miou_of_the_same_weights_trained_by_us(tm
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "written by `ssaseg train`" in err
     assert err.count("\n") == 1
+
+
+def test_params_checkpoints_become_workflow_jobs_and_typos_stop_early(tmp_path):
+    from ssaseg.config import ConfigError, validate_params
+    from tests.test_workflow import _planned_jobs, _snakemake
+
+    released = tmp_path / "released.pth"
+    torch.save({"state_dict": {}}, released)
+    params = miniature_params(tmp_path)
+    params["checkpoints"] = {"synthetic": {"segformer_b0": {"linear": str(released)}}}
+    result = _snakemake(tmp_path, write_params(tmp_path / "p.yaml", params), "-n")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _planned_jobs(result)["evaluate_released"] == 1
+    assert "segformer_b0/linear/released/eval.json" in result.stdout + result.stderr
+
+    params["checkpoints"] = {"synthetic": {"segformer_b0": {"sa": str(released)}}}
+    with pytest.raises(ConfigError, match=r"checkpoints\.synthetic\.segformer_b0\.sa: 'sa'"):
+        validate_params(params, source="p.yaml")

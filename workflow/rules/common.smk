@@ -21,6 +21,7 @@ RESULTS = f"{PARAMS['results_dir']}/{NAME}"
 REPORTS = f"{PARAMS['reports_dir']}/{NAME}"
 LOGS = f"logs/{NAME}"
 RUN = f"{RESULTS}/{{dataset}}/{{model}}/{{classifier}}/seed{{seed}}"
+RELEASED = f"{RESULTS}/{{dataset}}/{{model}}/{{classifier}}/released"  # params `checkpoints:`
 RUN_LOG = f"{LOGS}/{{step}}/{{dataset}}/{{model}}/{{classifier}}/seed{{seed}}.log"
 WEIGHTS_BY_FILE = {spec.filename: name for name, spec in WEIGHTS_CATALOG.items()}
 PYTHON = sys.executable  # the interpreter running Snakemake, i.e. the one with ssaseg installed
@@ -92,10 +93,21 @@ def run_config(dataset, model, classifier, seed):
     return resolve_run(PARAMS, dataset, model, classifier, int(seed))
 
 
+def released_outputs():
+    """eval.json of every released checkpoint the params' `checkpoints:` name."""
+    return [
+        f"{RELEASED}/eval.json".format(dataset=d, model=m, classifier=c)
+        for d, models in PARAMS.get("checkpoints", {}).items()
+        for m, classifiers in models.items()
+        for c in classifiers
+    ]
+
+
 def get_final_output():
     return [
         f"{REPORTS}/summary.md",
         f"{REPORTS}/summary.csv",
         f"{REPORTS}/miou_vs_latency.png",
         f"{REPORTS}/loss_curves.png",
+        *released_outputs(),
     ]

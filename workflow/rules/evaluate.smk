@@ -22,3 +22,31 @@ rule evaluate_model:
         **{**EVALUATE_RESOURCES, "cpus_per_task": EVALUATE_CPUS},
     shell:
         f"{PYTHON} -m ssaseg evaluate {PARAMS_ARGS} {RUN_ARGS} --no-progress > {{log}} 2>&1"
+
+
+rule evaluate_released:
+    # a released whole-segmentor checkpoint (params `checkpoints:`) evaluated as this model +
+    # classifier; no training: outputs beside the seeds, in <model>/<classifier>/released/
+    input:
+        checkpoint=lambda wildcards: ancient(
+            PARAMS["checkpoints"][wildcards.dataset][wildcards.model][wildcards.classifier]
+        ),
+        manifest=f"{DATA}/{{dataset}}/manifest.json",
+        tracking=rules.init_tracking.output.marker,
+    output:
+        metrics=f"{RELEASED}/eval.json",
+        per_class=f"{RELEASED}/per_class_iou.csv",
+    params:
+        settings=lambda wildcards: repr(
+            run_config(wildcards.dataset, wildcards.model, wildcards.classifier,
+                       PARAMS["seeds"][0]).evaluate
+        ),
+    log:
+        f"{LOGS}/evaluate_released/{{dataset}}/{{model}}/{{classifier}}.log",
+    threads: PARAMS["evaluate"]["threads"]
+    resources:
+        **{**EVALUATE_RESOURCES, "cpus_per_task": EVALUATE_CPUS},
+    shell:
+        f"{PYTHON} -m ssaseg evaluate {PARAMS_ARGS} --dataset {{wildcards.dataset}} "
+        f"--model {{wildcards.model}} --classifier {{wildcards.classifier}} "
+        f"--seed {PARAMS['seeds'][0]} --released --no-progress > {{log}} 2>&1"
