@@ -195,11 +195,13 @@ def test_cgrseg_file_copies_conv_seg_and_reshapes_layer_scales():
 def test_a_key_too_many_or_too_few_or_a_wrong_class_count_is_one_error_listing_it(
         tmp_path, afformer_ssa):
     names = released_names("afformer_b_ssa")
-    extra = {**names, "decode_head.conv_seg2.weight": (3,)}
+    extra = {**names, "decode_head.conv_seg2.weight": (3,),
+             "decode_head.fuse1.global_act.conv.weight": (3,)}  # a SeaFormer name: no row
     with pytest.raises(SegmentorCheckpointError) as err:
         load_released_checkpoint(afformer_ssa, _save(tmp_path / "a.pth", _numbered(extra),
                                                      "mmseg1"), "afformer_b", "ssa")
-    assert err.value.unexpected == ["decode_head.conv_seg2.weight"]
+    assert err.value.unexpected == ["decode_head.conv_seg2.weight",
+                                    "decode_head.fuse1.global_act.conv.weight"]
     assert "decode_head.conv_seg2.weight" in str(err.value) and "\n" not in str(err.value)
 
     fewer = {k: v for k, v in names.items() if k != "decode_head.center_proj.weight"}
@@ -232,9 +234,11 @@ class Tripwire:
         return (_trip, ())
 
 
-def test_a_pickled_object_in_meta_is_refused_before_anything_is_unpickled(tmp_path):
+@pytest.mark.parametrize("zipped", [True, False], ids=["zip", "legacy"])
+def test_a_pickled_object_in_meta_is_refused_before_anything_is_unpickled(tmp_path, zipped):
     path = tmp_path / "evil.pth"
-    torch.save({"meta": {"hook": Tripwire()}, "state_dict": {"a": torch.ones(1)}}, path)
+    torch.save({"meta": {"hook": Tripwire()}, "state_dict": {"a": torch.ones(1)}}, path,
+               _use_new_zipfile_serialization=zipped)
     with pytest.raises(SegmentorCheckpointError, match=r"refusing checkpoint .*_trip"):
         read_released_state(path)
     assert TRIPPED == []

@@ -25,6 +25,7 @@ mismatch, and nothing is loaded.
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -87,23 +88,23 @@ def read_released_state(path: str | Path) -> State:
         raise SegmentorCheckpointError(f"checkpoint {path} not found")
     try:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
-    except Exception as exc:  # not a torch zip file (legacy format): torch.load decides below
+    except (ValueError, RuntimeError):  # legacy (non-zip) format: torch.load refuses below
         unsafe = []
-        del exc
     refused = sorted(set(unsafe) - _allowed_global_names())
     if refused:
-        raise SegmentorCheckpointError(
-            f"refusing checkpoint {path}: it holds pickled objects ({', '.join(refused)}) beyond "
-            "tensors, plain types and NumPy arrays, and unpickling them could run code; re-save "
-            "only its state_dict where you trust the file: torch.save({'state_dict': "
-            "torch.load(F, weights_only=False)['state_dict']}, F2)")
+        raise _refused(path, refused)
     try:
         with torch.serialization.safe_globals(_numpy_data_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # a legacy (non-zip) file: refused while reading
+        found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
+        if found:
+            raise _refused(path, sorted(set(found))) from exc
+        raise SegmentorCheckpointError(f"cannot load checkpoint {path}: {_first_line(exc)}"
+                                       ) from exc
     except Exception as exc:
-        first = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()),
-                     type(exc).__name__)
-        raise SegmentorCheckpointError(f"cannot load checkpoint {path}: {first}") from exc
+        raise SegmentorCheckpointError(f"cannot load checkpoint {path}: {_first_line(exc)}"
+                                       ) from exc
     if not isinstance(checkpoint, dict):
         raise SegmentorCheckpointError(f"checkpoint {path} holds a {type(checkpoint).__name__}, "
                                        "not a state dict")
@@ -123,6 +124,18 @@ def read_released_state(path: str | Path) -> State:
                 f"{type(value).__name__}, not a tensor; is this a segmentor checkpoint?")
         state[name.removeprefix("module.")] = value
     return state
+
+
+def _refused(path: Path, names: list[str]) -> SegmentorCheckpointError:
+    return SegmentorCheckpointError(
+        f"refusing checkpoint {path}: it holds pickled objects ({', '.join(names)}) beyond "
+        "tensors, plain types and NumPy arrays, and unpickling them could run code; none of "
+        "them was run. Re-save only its state_dict where you trust the file: torch.save("
+        "{'state_dict': torch.load(F, weights_only=False)['state_dict']}, F2)")
+
+
+def _first_line(exc: Exception) -> str:
+    return next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
 
 
 # ------------------------------------------------------------------------------- the table ---
@@ -210,19 +223,29 @@ def _backbone_converters() -> dict[str, Callable[[nn.Module, State], State]]:
 def map_released_state(model: nn.Module, state: State, model_name: str, classifier: str
                        ) -> State:
     """``state`` (released names) in ``model``'s names, by the table of ``model_name``."""
+    return _map(model, state, model_name, classifier)[0]
+
+
+def _map(model: nn.Module, state: State, model_name: str, classifier: str
+         ) -> tuple[State, dict[str, str]]:
+    """(the mapped state, our name -> the file's name it came from)."""
     from ssaseg.models.zoo import model_spec
 
     spec = model_spec(model_name)
     table = released_key_table(model_name, classifier, spec.mask_classification)
     mapped: State = {}
+    origin: dict[str, str] = {}
     for_backbone: State = {}
+    backbone_origin: dict[str, str] = {}
     for name, tensor in state.items():
         new = _rename(name, table)
         if isinstance(new, BackboneKey):
             for_backbone[new.template] = tensor
+            backbone_origin[new.template] = name
         elif new is not None:
             for target in new:
                 mapped[target] = tensor
+                origin[target] = name
     if for_backbone:
         converters = _backbone_converters()
         if spec.backbone not in converters:
@@ -230,8 +253,10 @@ def map_released_state(model: nn.Module, state: State, model_name: str, classifi
                 f"the {model_name} key table hands keys to the {spec.backbone!r} backbone's "
                 "converter, which it has not")
         converted = converters[spec.backbone](model.backbone, for_backbone)
-        mapped.update({f"backbone.{k}": v for k, v in converted.items()})
-    return mapped
+        for name, tensor in converted.items():  # origin: where the converter kept the name
+            mapped[f"backbone.{name}"] = tensor
+            origin[f"backbone.{name}"] = backbone_origin.get(name, f"backbone.{name}")
+    return mapped, origin
 
 
 def _listed(title: str, names: list[str]) -> str:
@@ -246,17 +271,17 @@ def load_released_checkpoint(model: nn.Module, path: str | Path, model_name: str
     ``classifier``) completely, or raise SegmentorCheckpointError listing what does not fit.
     Returns a summary: the file's key count and the number of keys dropped by table rows."""
     state = read_released_state(path)
-    mapped = map_released_state(model, state, model_name, classifier)
+    mapped, origin = _map(model, state, model_name, classifier)
     own = model.state_dict()
     missing = sorted(k for k in own.keys() - mapped.keys() if not k.endswith(OPTIONAL_SUFFIXES))
-    unexpected = sorted(mapped.keys() - own.keys())
+    unexpected = sorted(origin.get(k, k) for k in mapped.keys() - own.keys())
     wrong_shape = sorted(
         f"{k} {tuple(mapped[k].shape)} vs ours {tuple(own[k].shape)}"
         for k in mapped.keys() & own.keys() if mapped[k].shape != own[k].shape)
     if missing or unexpected or wrong_shape:
         parts = [_listed(title, names) for title, names in (
             ("keys of ours the file does not fill", missing),
-            ("keys of the file (mapped) with no place in ours", unexpected),
+            ("keys of the file with no place in ours", unexpected),
             ("shape mismatches", wrong_shape)) if names]
         raise SegmentorCheckpointError(
             f"checkpoint {path} does not fit {model_name} + {classifier}: " + "; ".join(parts)
