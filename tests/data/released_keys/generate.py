@@ -85,9 +85,58 @@ def _bn_not_syncbn(cfg):
             _bn_not_syncbn(value)
 
 
+def _perturbed(model):
+    """Every parameter and BN statistic moved at random: no zero-initialised weight can hide
+    a mapping error."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def compare(reference, out_name: str, size: int) -> float:
+    """Max |logit difference| between the reference segmentor and ours loaded with its weights
+    through ssaseg's released-checkpoint loader (a saved mmseg 1.x file), at size x size."""
+    import tempfile
+
+    import torch
+
+    from ssaseg.models.segmentor_checkpoint import load_released_checkpoint
+    from ssaseg.models.zoo import build_segmentor
+
+    model_name, classifier = out_name.rsplit("_", 1)
+    reference = _perturbed(reference)
+    ours = build_segmentor(model_name, classifier, reference.decode_head.num_classes)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{out_name}.pth"
+        torch.save({"meta": {"note": "generate.py --compare"},
+                    "state_dict": reference.state_dict()}, path)
+        load_released_checkpoint(ours, path, model_name, classifier)
+    ours.eval()
+    images = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        feats = reference.backbone(images)
+        if classifier == "ssa":
+            theirs = reference.decode_head.forward_test(feats, None, None)
+        else:
+            theirs = reference.decode_head(feats)
+        mine = ours(images).logits
+    return float((theirs - mine).abs().max())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--ssa-classifier", required=True, type=Path)
+    parser.add_argument("--compare", type=int, metavar="SIZE", help="instead of writing the "
+                        "lists: load each reference model's (perturbed) weights into ours with "
+                        "the released loader and print the max logit difference at SIZE")
     args = parser.parse_args()
     sys.path.insert(0, str(args.ssa_classifier))
     from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
@@ -106,6 +155,12 @@ def main() -> None:
         cfg.pop("pretrained", None)
         cfg["backbone"].pop("init_cfg", None)
         model = REGISTRY.build(cfg)  # on the CPU: the reference calls .item() in __init__
+        if args.compare:
+            try:
+                print(f"{out_name}: max |logit diff| {compare(model, out_name, args.compare):.3g}")
+            except Exception as exc:  # e.g. a pair our loader refuses, with its reason
+                print(f"{out_name}: {type(exc).__name__}: {exc}"[:400])
+            continue
         lines = [f"{k} {'x'.join(map(str, v.shape)) or '-'}" for k, v in model.state_dict().items()]
         (OUT / f"{out_name}.txt").write_text("\n".join(lines) + "\n")
         print(f"{out_name}: {len(lines)} keys")
