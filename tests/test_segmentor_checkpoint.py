@@ -246,6 +246,26 @@ def test_a_pickled_object_in_meta_is_refused_before_anything_is_unpickled(tmp_pa
     assert list(read_released_state(ok)) == ["a"]
 
 
+def test_an_mmengine_message_hub_beside_the_weights_is_dropped_without_running_it(tmp_path,
+                                                                                   monkeypatch):
+    pytest.importorskip("mmengine")
+    from mmengine.logging import HistoryBuffer, MessageHub
+
+    hub = MessageHub.get_instance("test_segmentor_checkpoint")
+    hub.update_scalar("train/loss", 1.5)
+    hub.update_info("iter", 3)
+    path = tmp_path / "mmseg1_trained.pth"
+    torch.save({"meta": {"iter": 3}, "state_dict": {"a": torch.ones(1)},
+                "message_hub": hub.state_dict()}, path)
+
+    def tripped(*args, **kwargs):
+        raise AssertionError("HistoryBuffer code ran")
+
+    monkeypatch.setattr(HistoryBuffer, "__setstate__", tripped, raising=False)
+    monkeypatch.setattr(HistoryBuffer, "__init__", tripped)
+    assert list(read_released_state(path)) == ["a"]
+
+
 def test_load_trained_on_a_released_file_points_to_checkpoint(tmp_path):
     from ssaseg.engine.train import load_trained
 

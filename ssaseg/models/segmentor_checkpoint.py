@@ -6,10 +6,10 @@
 The file: ``{"meta": ..., "state_dict": {...}}`` (mmseg 1.x, mmcv 0.x runners), ``{"state_dict":
 ...}``, ``{"model": ...}`` or the flat state dict, with ``backbone.``, ``decode_head.`` and
 ``auxiliary_head.`` prefixes (a DataParallel ``module.`` in front is removed). It is read with
-``torch.load(weights_only=True)``: tensors and plain containers; NumPy arrays and scalars in
-``meta`` (mmseg 0.x palettes) are rebuilt as data; any other pickled object (a class from the
-training code, e.g. mmengine's message hub) is refused, naming it, before anything is
-unpickled.
+``torch.load(weights_only=True)``: tensors and plain containers; NumPy arrays and scalars
+(mmseg 0.x palettes) are rebuilt as data; mmengine's ``message_hub`` bookkeeping is rebuilt as
+inert stand-ins and dropped (:data:`DROPPED_GLOBALS`); any other pickled object is refused,
+naming it, before anything is unpickled.
 
 The names are mapped by data, not branches: the rows of the classifier inside the decode head
 (``released_key_tables.CLASSIFIER_ROWS``: ``conv_seg`` is the linear classifier; the SSA heads
@@ -72,8 +72,40 @@ def _numpy_data_globals() -> list:
     return found
 
 
+class _Dropped:
+    """Inert stand-in for training bookkeeping pickled beside the weights (see DROPPED_GLOBALS):
+    takes any arguments and state, holds nothing, runs nothing."""
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __setstate__(self, state) -> None:
+        pass
+
+
+def _dropped(*args, **kwargs) -> _Dropped:
+    return _Dropped()
+
+
+# What mmengine's runner (mmseg 1.x) pickles next to the weights and mmseg's publish_model.py
+# keeps: ``message_hub`` holds HistoryBuffer objects, whose state names their statistics
+# methods through getattr(HistoryBuffer, "mean"). Rebuilt as inert stand-ins - their code is
+# neither imported nor run, getattr included - and never part of the state dict.
+DROPPED_GLOBALS: tuple[tuple[object, str], ...] = (
+    (_Dropped, "mmengine.logging.history_buffer.HistoryBuffer"),
+    (_dropped, "builtins.getattr"),
+)
+
+
+def _safe_globals() -> list:
+    return [*_numpy_data_globals(), *DROPPED_GLOBALS]
+
+
 def _allowed_global_names() -> set[str]:
-    names = set()
+    names = {name for _, name in DROPPED_GLOBALS}
     for obj in _numpy_data_globals():
         names.add(f"{obj.__module__}.{obj.__qualname__}")
     return names
@@ -94,7 +126,7 @@ def read_released_state(path: str | Path) -> State:
     if refused:
         raise _refused(path, refused)
     try:
-        with torch.serialization.safe_globals(_numpy_data_globals()):
+        with torch.serialization.safe_globals(_safe_globals()):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # a legacy (non-zip) file: refused while reading
         found = re.findall(r"GLOBAL ([\w.]+)", str(exc))
