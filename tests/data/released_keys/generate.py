@@ -39,9 +39,9 @@ MODELS = (
 
 def _stub_mmcv_1x() -> None:
     sys.path.insert(0, str(Path(__file__).parents[3]))
-    from tests.test_mask2former import _stub_mmcv_ext
+    from tests.mmcv_stub import stub_mmcv_ext
 
-    _stub_mmcv_ext()  # mmcv-lite has no compiled ops; nothing here calls them
+    stub_mmcv_ext()  # mmcv-lite has no compiled ops; nothing here calls them
     from mmengine.model import BaseModule, ModuleList
     from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
     from mmengine.model.weight_init import constant_init, kaiming_init
