@@ -104,6 +104,35 @@ def test_released_mask2former_names_map_onto_ours(mmseg_mask2former):
     assert _leftovers(model, mapped) == ([], [], [])
 
 
+def _every_table_model():
+    from ssaseg.models.released_key_tables import RELEASED_MODEL_KEY_TABLES, UNSUPPORTED
+    from ssaseg.models.segmentor_key_tables import MODEL_KEY_TABLES
+    from ssaseg.models.zoo import model_spec
+
+    return sorted(m for m in {**MODEL_KEY_TABLES, **RELEASED_MODEL_KEY_TABLES}
+                  if not model_spec(m).mask_classification and (m, "ssa") not in UNSUPPORTED)
+
+
+@pytest.mark.parametrize("model_name", _every_table_model())
+def test_every_family_places_an_ssa_head_on_our_ssa_classifier(model_name):
+    """Whatever the family's table: SSAClassifier's names inside its decode head (conv_seg +
+    the SSA extras) fill exactly our SSA classifier's keys, with its shapes."""
+    from ssaseg.models.released_key_tables import CLASSIFIER_HEAD
+
+    head = CLASSIFIER_HEAD.get(model_name, r"decode_head").replace("\\", "")
+    with torch.device("meta"):
+        model = build_segmentor(model_name, "ssa", 150)
+    channels = model.classifier.center_proj.weight.shape[0]
+    names = {**ssa_extras(channels, 150, head), f"{head}.conv_seg.weight": (150, channels, 1, 1),
+             f"{head}.conv_seg.bias": (150,)}
+    with torch.device("meta"):
+        mapped = map_released_state(model, {k: torch.empty(s) for k, s in names.items()},
+                                    model_name, "ssa")
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()
+            if k.startswith("classifier.")}
+    assert {k: tuple(v.shape) for k, v in mapped.items()} == ours
+
+
 def test_cgrseg_ssa_and_protoseg_are_refused_with_the_reason():
     with pytest.raises(SegmentorCheckpointError, match="CGRSeg_ssa head drops the prototype"):
         _meta_map("cgrseg_b", "ssa", released_names("cgrseg_b_ssa"))

@@ -201,19 +201,41 @@ def released_key_table(model_name: str, classifier: str, mask_classification: bo
     return (*rows, *tables[model_name])
 
 
-def _rename(name: str, table: tuple) -> tuple[str, ...] | BackboneKey | None:
-    for pattern, replacement in table:
+def _rename(name: str, table: tuple) -> tuple[tuple[str, ...] | BackboneKey | None, str | None]:
+    """(our names, or a BackboneKey, or None when dropped; the row's layout change or None).
+    Rows are ``(pattern, replacement)`` or ``(pattern, replacement, layout)``, the layout a
+    name of ``segmentor_key_tables.LAYOUTS``; no row matching: the name is kept."""
+    for row in table:
+        pattern, replacement = row[0], row[1]
         match = re.fullmatch(pattern, name)
         if match is None:
             continue
+        layout = row[2] if len(row) > 2 else None
         if replacement is None:
-            return None
+            return None, None
         if isinstance(replacement, BackboneKey):
-            return BackboneKey(match.expand(replacement.template))
-        if isinstance(replacement, tuple):
-            return tuple(match.expand(r) for r in replacement)
-        return (match.expand(replacement),)
-    return (name,)
+            return BackboneKey(match.expand(replacement.template)), None
+        names = (replacement,) if isinstance(replacement, str) else tuple(replacement)
+        return tuple(match.expand(r) for r in names), layout
+    return (name,), None
+
+
+def _tensors(name: str, tensor: torch.Tensor, count: int, layout: str | None
+             ) -> tuple[torch.Tensor, ...]:
+    """``tensor`` for each of ``count`` names: copies, or the parts of a layout change."""
+    if layout is None:
+        return (tensor,) * count
+    from ssaseg.models import segmentor_key_tables
+
+    layouts = getattr(segmentor_key_tables, "LAYOUTS", {})
+    if layout not in layouts:
+        raise SegmentorCheckpointError(f"key table row for {name!r} names the unknown layout "
+                                       f"{layout!r}")
+    parts = layouts[layout](tensor)
+    if len(parts) != count:
+        raise SegmentorCheckpointError(f"key table row for {name!r}: {count} names for "
+                                       f"{len(parts)} tensors (layout {layout})")
+    return tuple(parts)
 
 
 # ---------------------------------------------------------------------- backbone converters ---
@@ -270,13 +292,13 @@ def _map(model: nn.Module, state: State, model_name: str, classifier: str
     for_backbone: State = {}
     backbone_origin: dict[str, str] = {}
     for name, tensor in state.items():
-        new = _rename(name, table)
+        new, layout = _rename(name, table)
         if isinstance(new, BackboneKey):
             for_backbone[new.template] = tensor
             backbone_origin[new.template] = name
         elif new is not None:
-            for target in new:
-                mapped[target] = tensor
+            for target, part in zip(new, _tensors(name, tensor, len(new), layout)):
+                mapped[target] = part
                 origin[target] = name
     if for_backbone:
         converters = _backbone_converters()
