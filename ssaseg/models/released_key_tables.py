@@ -12,18 +12,26 @@ naming and layout. Every dropped key is a row here with the reason beside it.
 Where the names come from (``tests/data/released_keys/*.txt`` lists them, built from the
 reference code by ``tests/data/released_keys/generate.py``):
 
-* SeaFormer-B/L: fudan-zvg/SeaFormer ``seaformer-seg`` (``SeaFormer`` backbone, ``LightHead``),
-  e.g. ``SeaFormer_B_512x512_4x8_160k.pth``; the same modules in xwmaxwma/SSAClassifier.
-* AFFormer-B: dongbo811/AFFormer (``afformer_base``, ``CLS`` head), e.g. ``AFFormer_base_ade20k``.
-* CGRSeg-B/L: nizhenliang/CGRSeg (``efficientformerv2_{s2,l}_feat``, ``CGRSeg`` head).
+* SeaFormer-B/L: fudan-zvg/SeaFormer ``seaformer-seg`` (``SeaFormer`` backbone, ``LightHead``);
+  the same modules in xwmaxwma/SSAClassifier.
+* AFFormer-B: dongbo811/AFFormer (``afformer_base`` backbone, ``CLS`` head).
+* CGRSeg-B/L: nizhenliang/CGRSeg (``efficientformerv2_{s2,l}_feat`` backbone, ``CGRSeg`` head).
+  Each repository links its ADE20K segmentors from its README (mmseg 0.x code).
 * +SSA: xwmaxwma/SSAClassifier's ``*_ssa`` heads: the linear head's names plus
   ``get_feat_pos``, ``center_pos``, ``{gt_,}center_content_proj``, ``{gt_,}center_pos_proj``,
   ``{gt_,}center_proj`` (the same in all of its heads) and a constant loss buffer.
+
+Checked against the reference code itself: each reference segmentor, every weight and BN
+statistic perturbed, saved as an mmseg 1.x file and loaded into ours through these tables, gives
+the same logits at 256x256 to a max |difference| of 9e-8 to 1e-5 (SeaFormer-B/L, AFFormer-B
+with linear and ssa, CGRSeg-B/L linear; ``generate.py --compare 256``, CPU fp32, 2026-12-03).
+CGRSeg + SSA is refused (:data:`UNSUPPORTED`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
 
 @dataclass(frozen=True)
 class BackboneKey:
