@@ -5,6 +5,12 @@ holds. Not a test and not run by pytest or CI: it needs the reference repositori
 
     # git dirs from the `fetch` tool, unpacked: git --git-dir=.../repo archive HEAD | tar -x
     python tests/data/released_keys/generate.py --ssa-classifier /tmp/ref/SSAClassifier
+    python tests/data/released_keys/generate.py --ssa-classifier ... --compare 256
+
+``--compare SIZE`` writes nothing: it loads each reference model's weights (perturbed) into ours
+through ssaseg's released-checkpoint loader and prints the max logit difference (2026-12-03, CPU
+fp32, 256x256: 9e-8 .. 1e-5 for the 8 loadable pairs; ~4 min on 2 shared cores). AFFormer's
+forward needs einops (``pip install --target DIR einops==0.8.2``, DIR on PYTHONPATH).
 
 Reference: xwmaxwma/SSAClassifier 8833e268 (its models/ are the official SeaFormer, AFFormer,
 EfficientFormerV2 and CGRSeg modules with their imports changed, plus the *_ssa decode heads),
