@@ -3,15 +3,20 @@ family, kept as data.
 
 A table is a tuple of ``(pattern, replacement)`` rows. Each released name is matched against
 the patterns in order (``re.fullmatch``); the first match is rewritten with ``re.sub``-style
-``replacement`` (``None``: the key is dropped); a name no row matches is kept as it is. No table
-changes a tensor, only names. :func:`apply_key_table` applies one; a loader then checks that
-no key is left over on either side.
+``replacement`` (``None``: the key is dropped); a name no row matches is kept as it is. A row
+may carry a third element, the name of a layout change in :data:`LAYOUTS`, where the released
+tensor is stored differently from ours (mmseg's Swin patch merging concatenates its 2x2
+neighbours in ``nn.Unfold``'s order; its MiT fuses q, k and v in one ``nn.MultiheadAttention``
+projection, whose replacement is then a tuple of names, one per part). :func:`apply_key_table`
+applies one table; a loader then checks that no key is left over on either side.
 
 Families:
 * :data:`VIT_ADAPTER_UPERNET` -- czczup/ViT-Adapter's UperNet releases (mmseg 0.x layout:
   ``backbone.``, ``decode_head.``, ``auxiliary_head.``), e.g.
   ``upernet_augreg_adapter_large_512_160k_ade20k.pth.tar`` (model ``upernet_vit_adapter_l``,
   classifier ``linear``: ``decode_head.conv_seg`` is the linear classifier).
+* :data:`UPERNET_SWIN` -- mmsegmentation's UperNet-Swin releases (models ``upernet_swin_t``,
+  ``upernet_swin_l``).
 * :data:`MASK2FORMER` -- mmsegmentation 1.x's Mask2Former releases, e.g.
   ``mask2former_r50_8xb2-160k_ade20k-512x512_20221204_000055-2d1f55f1.pth`` (model
   ``mask2former_r50``, classifier ``linear``, which has no parameters of its own).
@@ -23,7 +28,35 @@ import re
 
 import torch
 
-KeyTable = tuple[tuple[str, str | None], ...]
+KeyTable = tuple[tuple, ...]  # rows: (pattern, replacement) or (pattern, replacement, layout)
+
+
+def _unfold_to_timm_merge(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Swin patch merging: mmseg's ``nn.Unfold(2, stride=2)`` orders the 4C inputs as (c, dy,
+    dx); timm's (and the official release's) as (dx, dy, c). Weight (out, 4C) or norm (4C,)."""
+    c = t.shape[-1] // 4
+    lead = t.shape[:-1]
+    t = t.reshape(*lead, c, 2, 2)  # (..., c, dy, dx)
+    return (t.permute(*range(len(lead)), -1, -2, -3).reshape(*lead, 4 * c),)
+
+
+def _split_q_kv(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """[q; k; v] fused projection (3C, ...) -> q (C, ...), kv (2C, ...)."""
+    c = t.shape[0] // 3
+    return t[:c], t[c:]
+
+
+def _conv1x1_to_linear(t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """A 1x1 convolution's weight (out, in, 1, 1) as a Linear's (out, in); a bias passes."""
+    return (t.flatten(1) if t.ndim == 4 else t,)
+
+
+# layout name -> the function turning one released tensor into ours (one tensor per name)
+LAYOUTS = {
+    "unfold_to_timm_merge": _unfold_to_timm_merge,
+    "split_q_kv": _split_q_kv,
+    "conv1x1_to_linear": _conv1x1_to_linear,
+}
 
 # mmseg's UPerHead + auxiliary FCNHead (one conv) -> ours (heads/uper.py, heads/fcn.py)
 _UPERNET_HEAD: KeyTable = (
@@ -48,6 +81,25 @@ VIT_ADAPTER_UPERNET: KeyTable = (
     (r"backbone\.blocks\.(\d+)\.gamma2", r"backbone.blocks.\1.ls2.gamma"),
     (r"(backbone\.interactions\.\d+\.(?:extractor|extra_extractors\.\d+)\.ffn)"
      r"\.dwconv\.dwconv\.(.+)", r"\1.dwconv.\2"),
+    *_UPERNET_HEAD,
+)
+
+_SWIN_STAGE = r"backbone\.stages\.(\d+)\."
+UPERNET_SWIN: KeyTable = (
+    (r"backbone\.patch_embed\.projection\.(.+)", r"backbone.model.patch_embed.proj.\1"),
+    (r"backbone\.patch_embed\.norm\.(.+)", r"backbone.model.patch_embed.norm.\1"),
+    (r"backbone\.norm(\d)\.(.+)", r"backbone.out_norms.\1.\2"),
+    (_SWIN_STAGE + r"blocks\.(\d+)\.attn\.w_msa\.relative_position_index", None),  # recomputed
+    (_SWIN_STAGE + r"blocks\.(\d+)\.attn\.w_msa\.(.+)", r"backbone.model.layers_\1.blocks.\2.attn.\3"),
+    (_SWIN_STAGE + r"blocks\.(\d+)\.ffn\.layers\.0\.0\.(.+)",
+     r"backbone.model.layers_\1.blocks.\2.mlp.fc1.\3"),
+    (_SWIN_STAGE + r"blocks\.(\d+)\.ffn\.layers\.1\.(.+)",
+     r"backbone.model.layers_\1.blocks.\2.mlp.fc2.\3"),
+    (_SWIN_STAGE + r"blocks\.(\d+)\.(norm\d)\.(.+)", r"backbone.model.layers_\1.blocks.\2.\3.\4"),
+    # mmseg merges at the end of stage i, timm at the start of stage i + 1
+    *((rf"backbone\.stages\.{i}\.downsample\.(norm|reduction)\.(.+)",
+       rf"backbone.model.layers_{i + 1}.downsample.\1.\2", "unfold_to_timm_merge")
+      for i in range(3)),
     *_UPERNET_HEAD,
 )
 
@@ -88,25 +140,43 @@ MASK2FORMER: KeyTable = (
 
 # model name -> the table of its released whole-segmentor checkpoints
 MODEL_KEY_TABLES: dict[str, KeyTable] = {
+    "upernet_swin_t": UPERNET_SWIN,
+    "upernet_swin_l": UPERNET_SWIN,
     "upernet_vit_adapter_l": VIT_ADAPTER_UPERNET,
     "mask2former_r50": MASK2FORMER,
 }
 
 
-def rename_key(name: str, table: KeyTable) -> str | None:
-    """One released name -> ours (None: dropped)."""
-    for pattern, replacement in table:
+def _match(name: str, table: KeyTable) -> tuple[tuple[str, ...], str | None]:
+    """One released name -> (our names, layout name or None); () when dropped."""
+    for row in table:
+        pattern, replacement = row[0], row[1]
         match = re.fullmatch(pattern, name)
         if match:
-            return None if replacement is None else match.expand(replacement)
-    return name
+            if replacement is None:
+                return (), None
+            names = (replacement,) if isinstance(replacement, str) else tuple(replacement)
+            return tuple(match.expand(r) for r in names), (row[2] if len(row) > 2 else None)
+    return (name,), None
+
+
+def rename_key(name: str, table: KeyTable) -> str | None:
+    """One released name -> ours (None: dropped; the first name where a row splits a tensor)."""
+    names, _ = _match(name, table)
+    return names[0] if names else None
 
 
 def apply_key_table(state: dict[str, torch.Tensor], table: KeyTable) -> dict[str, torch.Tensor]:
-    """``state`` with every name renamed by ``table`` (dropped names left out)."""
+    """``state`` renamed by ``table`` (dropped names left out, layouts changed where a row says
+    so: the only place a released tensor's layout is adapted to ours)."""
     out: dict[str, torch.Tensor] = {}
     for name, tensor in state.items():
-        new = rename_key(name, table)
-        if new is not None:
-            out[new] = tensor
+        names, layout = _match(name, table)
+        if not names:
+            continue
+        tensors = (tensor,) if layout is None else LAYOUTS[layout](tensor)
+        if len(tensors) != len(names):
+            raise ValueError(f"key table row for {name!r}: {len(names)} names for "
+                             f"{len(tensors)} tensors (layout {layout})")
+        out.update(zip(names, tensors))
     return out

@@ -61,14 +61,12 @@ MODELS: dict[str, ModelSpec] = {
     },
     **{
         f"upernet_swin_{size[0]}": ModelSpec(
-            backbone="timm",
-            backbone_kwargs=dict(
-                model_name=f"swin_{size}_patch4_window7_224", strict_img_size=False,
-                pad_to_multiple=32, drop_path_rate=0.3,
-            ),
+            backbone="swin",
+            backbone_kwargs=dict(model_name=f"swin_{size}_patch4_window7_224", drop_path_rate=0.3),
             head="uper", head_kwargs=dict(channels=512, aux_in_index=2, aux_channels=256),
-            description=f"UPerNet-Swin-{size[0].upper()}: Swin-{size[0].upper()} (window 7, any "
-            "input size) + UPerNet (PPM + FPN, 512 channels) + auxiliary FCN on stage 3",
+            description=f"UPerNet-Swin-{size[0].upper()}: Swin-{size[0].upper()} as mmseg builds it "
+            "(window 7, shifted in every second block of every stage, pad then roll, a "
+            "LayerNorm on each output stage; any input size) + UPerNet (PPM + FPN, 512 channels) + auxiliary FCN on stage 3",
         )
         for size in ("tiny", "large")
     },

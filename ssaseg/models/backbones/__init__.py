@@ -9,11 +9,13 @@ from torch import nn
 from ssaseg.models.backbones.afformer import AFFormer
 from ssaseg.models.backbones.mscan import MSCAN
 from ssaseg.models.backbones.seaformer import SeaFormer
+from ssaseg.models.backbones.swin import SwinBackbone
 from ssaseg.models.backbones.timm_backbone import TimmBackbone
 from ssaseg.models.backbones.vit_adapter import ViTAdapter
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "timm": TimmBackbone,
+    "swin": SwinBackbone,
     "mscan": MSCAN,
     "seaformer": SeaFormer,
     "afformer": AFFormer,
