@@ -103,6 +103,34 @@ UPERNET_SWIN: KeyTable = (
     *_UPERNET_HEAD,
 )
 
+# mmseg's CascadeEncoderDecoder: decode_head.0 = FCNHead (the soft object regions: one 1x1
+# ConvBNReLU + conv_seg), decode_head.1 = OCRHead -> ours (heads/ocr.py)
+_OCR_HEAD: KeyTable = (
+    (r"decode_head\.0\.convs\.0\.conv\.(.+)", r"head.soft_regions.0.0.\1"),
+    (r"decode_head\.0\.convs\.0\.bn\.(.+)", r"head.soft_regions.0.1.\1"),
+    (r"decode_head\.0\.conv_seg\.(.+)", r"head.soft_regions.1.\1"),
+    (r"decode_head\.1\.bottleneck\.conv\.(.+)", r"head.pixels.0.\1"),
+    (r"decode_head\.1\.bottleneck\.bn\.(.+)", r"head.pixels.1.\1"),
+    (r"decode_head\.1\.object_context_block\.(query|key)_project\.(\d)\.conv\.(.+)",
+     r"head.object_attention.\1.\2.0.\3"),
+    (r"decode_head\.1\.object_context_block\.(query|key)_project\.(\d)\.bn\.(.+)",
+     r"head.object_attention.\1.\2.1.\3"),
+    (r"decode_head\.1\.object_context_block\.(value|out)_project\.conv\.(.+)",
+     r"head.object_attention.\1.0.\2"),
+    (r"decode_head\.1\.object_context_block\.(value|out)_project\.bn\.(.+)",
+     r"head.object_attention.\1.1.\2"),
+    (r"decode_head\.1\.object_context_block\.bottleneck\.conv\.(.+)",
+     r"head.object_attention.fuse.0.\1"),
+    (r"decode_head\.1\.object_context_block\.bottleneck\.bn\.(.+)",
+     r"head.object_attention.fuse.1.\1"),
+    (r"decode_head\.1\.conv_seg\.(.+)", r"classifier.conv.\1"),
+)
+
+OCRNET_HRNET: KeyTable = (
+    (r"backbone\.(.+)", r"backbone.model.\1"),  # mmseg's HRNet names are timm's
+    *_OCR_HEAD,
+)
+
 _PIXEL_DECODER = r"decode_head\.pixel_decoder\."
 _DECODER_LAYER = r"decode_head\.transformer_decoder\.layers\.(\d+)\."
 MASK2FORMER: KeyTable = (
@@ -142,6 +170,8 @@ MASK2FORMER: KeyTable = (
 MODEL_KEY_TABLES: dict[str, KeyTable] = {
     "upernet_swin_t": UPERNET_SWIN,
     "upernet_swin_l": UPERNET_SWIN,
+    "ocrnet_hrnet_w18": OCRNET_HRNET,
+    "ocrnet_hrnet_w48": OCRNET_HRNET,
     "upernet_vit_adapter_l": VIT_ADAPTER_UPERNET,
     "mask2former_r50": MASK2FORMER,
 }

@@ -72,13 +72,13 @@ MODELS: dict[str, ModelSpec] = {
     },
     **{
         f"ocrnet_hrnet_w{width}": ModelSpec(
-            backbone="timm",
+            backbone="hrnet",
             backbone_kwargs=dict(
                 model_name=f"hrnet_w{width}", feature_location="", out_indices=(1, 2, 3, 4),
-                pad_to_multiple=32,
             ),
             head="ocr", head_kwargs=dict(channels=512, ocr_channels=256),
-            description=f"OCRNet-HRNet-W{width}: HRNetV2-W{width} + OCR head (soft object "
+            description=f"OCRNet-HRNet-W{width}: HRNetV2-W{width} as mmseg builds it (bilinear "
+            "branch fusion, any input size) + OCR head (soft object "
             "regions as auxiliary logits)",
         )
         for width in (18, 48)

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ssaseg.models.backbones.afformer import AFFormer
+from ssaseg.models.backbones.hrnet import HRNetBackbone
 from ssaseg.models.backbones.mscan import MSCAN
 from ssaseg.models.backbones.seaformer import SeaFormer
 from ssaseg.models.backbones.swin import SwinBackbone
@@ -16,6 +17,7 @@ from ssaseg.models.backbones.vit_adapter import ViTAdapter
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "timm": TimmBackbone,
     "swin": SwinBackbone,
+    "hrnet": HRNetBackbone,
     "mscan": MSCAN,
     "seaformer": SeaFormer,
     "afformer": AFFormer,
