@@ -103,11 +103,8 @@ CATALOG: dict[str, WeightsSpec] = {
         description="EfficientFormerV2-L ImageNet-1k (snap-research's eformer_l_450.pth, "
         "as converted by timm)",
     ),
-    "resnet18_a1": WeightsSpec(
-        url=f"{_HF}/resnet18.a1_in1k/resolve/main/model.safetensors",
-        filename="resnet18.a1_in1k.safetensors",
-        description="ResNet-18 ImageNet-1k (timm's a1 recipe)",
-    ),
+    "resnet18_v1c": _openmmlab_third_party(
+        "resnet18_v1c", "b5776b93", "ResNet-18-V1c ImageNet-1k (open-mmlab://resnet18_v1c)"),
     "mscan_t": WeightsSpec(
         url=f"{_OPENMMLAB}/mmsegmentation/v0.5/pretrain/segnext/mscan_t_20230227-119e8c9f.pth",
         filename="mscan_t_20230227-119e8c9f.pth", sha256_prefix="119e8c9f",
@@ -175,7 +172,7 @@ MODEL_WEIGHTS: dict[str, str] = {
     "fcn_resnet101": "resnet101_v1c",
     "cgrseg_b": "efficientformerv2_s2",
     "cgrseg_l": "efficientformerv2_l",
-    "fcn_resnet18": "resnet18_a1",
+    "fcn_resnet18": "resnet18_v1c",
     "segnext_t": "mscan_t",
     "seaformer_b": "seaformer_b_cls",
     "seaformer_l": "seaformer_l_cls",

@@ -131,6 +131,22 @@ OCRNET_HRNET: KeyTable = (
     *_OCR_HEAD,
 )
 
+_V1C_STEM = {"0": "conv1.0", "1": "conv1.1", "3": "conv1.3", "4": "conv1.4", "6": "conv1.6",
+             "7": "bn1"}
+# mmseg's ResNetV1c + FCNHead + auxiliary FCNHead -> ours (backbones/resnet.py, heads/fcn.py)
+FCN_RESNET: KeyTable = (
+    *((rf"backbone\.stem\.{i}\.(.+)", rf"backbone.model.{ours}.\1") for i, ours in _V1C_STEM.items()),
+    (r"backbone\.(layer\d\..+)", r"backbone.model.\1"),  # mmseg's stage names are timm's
+    (r"decode_head\.convs\.(\d+)\.conv\.(.+)", r"head.convs.\1.0.\2"),
+    (r"decode_head\.convs\.(\d+)\.bn\.(.+)", r"head.convs.\1.1.\2"),
+    (r"decode_head\.conv_cat\.conv\.(.+)", r"head.fuse.0.\1"),
+    (r"decode_head\.conv_cat\.bn\.(.+)", r"head.fuse.1.\1"),
+    (r"decode_head\.conv_seg\.(.+)", r"classifier.conv.\1"),
+    (r"auxiliary_head\.convs\.(\d+)\.conv\.(.+)", r"head.aux.convs.\1.0.\2"),
+    (r"auxiliary_head\.convs\.(\d+)\.bn\.(.+)", r"head.aux.convs.\1.1.\2"),
+    (r"auxiliary_head\.conv_seg\.(.+)", r"head.aux.logits.\1"),
+)
+
 _PIXEL_DECODER = r"decode_head\.pixel_decoder\."
 _DECODER_LAYER = r"decode_head\.transformer_decoder\.layers\.(\d+)\."
 MASK2FORMER: KeyTable = (
@@ -171,6 +187,8 @@ MODEL_KEY_TABLES: dict[str, KeyTable] = {
     "upernet_swin_t": UPERNET_SWIN,
     "upernet_swin_l": UPERNET_SWIN,
     "ocrnet_hrnet_w18": OCRNET_HRNET,
+    "fcn_resnet18": FCN_RESNET,
+    "fcn_resnet101": FCN_RESNET,
     "ocrnet_hrnet_w48": OCRNET_HRNET,
     "upernet_vit_adapter_l": VIT_ADAPTER_UPERNET,
     "mask2former_r50": MASK2FORMER,

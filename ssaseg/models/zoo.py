@@ -40,10 +40,15 @@ class ModelSpec:
 
 MODELS: dict[str, ModelSpec] = {
     "fcn_resnet18": ModelSpec(
-        backbone="timm",
-        backbone_kwargs=dict(model_name="resnet18", output_stride=8, out_indices=(1, 2, 3, 4)),
-        head="fcn", head_kwargs=dict(channels=128, num_convs=2),
-        description="FCN on a dilated (output stride 8) ResNet-18, a small CNN baseline",
+        # mmsegmentation 1.2.2 configs/fcn/fcn_r18-d8_4xb2-80k_cityscapes-512x1024.py
+        backbone="dilated_resnet",
+        backbone_kwargs=dict(model_name="resnet18", stem_type="deep", stem_width=32,
+                             output_stride=8, out_indices=(1, 2, 3, 4)),
+        head="fcn",
+        head_kwargs=dict(channels=128, num_convs=2, concat_input=True, aux_in_index=2,
+                         aux_channels=64),
+        description="FCN-ResNet18-D8: ResNet-18-V1c (deep stem, dilated, output stride 8) + "
+        "FCN head (128) + auxiliary FCN on stage 3 (64), a small CNN baseline",
     ),
     **{
         f"segformer_b{i}": ModelSpec(
@@ -94,7 +99,7 @@ MODELS: dict[str, ModelSpec] = {
         "branches upsampled and concatenated, 720 channels -> 3x3 conv + BN + ReLU, 720)",
     ),
     "fcn_resnet101": ModelSpec(
-        backbone="timm",
+        backbone="dilated_resnet",
         backbone_kwargs=dict(model_name="resnet101c", output_stride=8, out_indices=(1, 2, 3, 4)),
         head="fcn",
         head_kwargs=dict(channels=512, num_convs=2, concat_input=True, aux_in_index=2),
