@@ -147,6 +147,39 @@ FCN_RESNET: KeyTable = (
     (r"auxiliary_head\.conv_seg\.(.+)", r"head.aux.logits.\1"),
 )
 
+_MIT_BLOCK = r"backbone\.layers\.(\d)\.1\.(\d+)\."
+_OUR_MIT_BLOCK = r"backbone.model.stages_\1.blocks.\2."
+# mmseg's MixVisionTransformer + SegformerHead -> ours (timm pvt_v2 features, heads/all_mlp.py)
+SEGFORMER: KeyTable = (
+    (r"backbone\.layers\.0\.0\.projection\.(.+)", r"backbone.model.patch_embed.proj.\1"),
+    (r"backbone\.layers\.0\.0\.norm\.(.+)", r"backbone.model.patch_embed.norm.\1"),
+    (r"backbone\.layers\.(\d)\.0\.projection\.(.+)", r"backbone.model.stages_\1.downsample.proj.\2"),
+    (r"backbone\.layers\.(\d)\.0\.norm\.(.+)", r"backbone.model.stages_\1.downsample.norm.\2"),
+    (_MIT_BLOCK + r"attn\.attn\.in_proj_(weight|bias)",
+     (_OUR_MIT_BLOCK + r"attn.q.\3", _OUR_MIT_BLOCK + r"attn.kv.\3"), "split_q_kv"),
+    (_MIT_BLOCK + r"attn\.attn\.out_proj\.(.+)", _OUR_MIT_BLOCK + r"attn.proj.\3"),
+    (_MIT_BLOCK + r"ffn\.layers\.0\.(.+)", _OUR_MIT_BLOCK + r"mlp.fc1.\3", "conv1x1_to_linear"),
+    (_MIT_BLOCK + r"ffn\.layers\.1\.(.+)", _OUR_MIT_BLOCK + r"mlp.dwconv.\3"),
+    (_MIT_BLOCK + r"ffn\.layers\.4\.(.+)", _OUR_MIT_BLOCK + r"mlp.fc2.\3", "conv1x1_to_linear"),
+    (_MIT_BLOCK + r"(norm1|norm2|attn\.sr|attn\.norm)\.(.+)", _OUR_MIT_BLOCK + r"\3.\4"),
+    (r"backbone\.layers\.(\d)\.2\.(.+)", r"backbone.model.stages_\1.norm.\2"),
+    (r"decode_head\.convs\.(\d+)\.conv\.(.+)", r"head.project.\1.0.\2"),
+    (r"decode_head\.convs\.(\d+)\.bn\.(.+)", r"head.project.\1.1.\2"),
+    (r"decode_head\.fusion_conv\.conv\.(.+)", r"head.fuse.0.\1"),
+    (r"decode_head\.fusion_conv\.bn\.(.+)", r"head.fuse.1.\1"),
+    (r"decode_head\.conv_seg\.(.+)", r"classifier.conv.\1"),
+)
+
+# mmseg's MSCAN (names already ours: backbones/mscan.py) + LightHamHead -> ours (heads/light_ham.py)
+SEGNEXT: KeyTable = (
+    (r"decode_head\.(squeeze|align)\.conv\.(.+)", r"head.\1.0.\2"),
+    (r"decode_head\.(squeeze|align)\.gn\.(.+)", r"head.\1.1.\2"),
+    (r"decode_head\.hamburger\.ham_in\.conv\.(.+)", r"head.hamburger.ham_in.\1"),
+    (r"decode_head\.hamburger\.ham_out\.conv\.(.+)", r"head.hamburger.ham_out.0.\1"),
+    (r"decode_head\.hamburger\.ham_out\.gn\.(.+)", r"head.hamburger.ham_out.1.\1"),
+    (r"decode_head\.conv_seg\.(.+)", r"classifier.conv.\1"),
+)
+
 _PIXEL_DECODER = r"decode_head\.pixel_decoder\."
 _DECODER_LAYER = r"decode_head\.transformer_decoder\.layers\.(\d+)\."
 MASK2FORMER: KeyTable = (
@@ -184,10 +217,12 @@ MASK2FORMER: KeyTable = (
 
 # model name -> the table of its released whole-segmentor checkpoints
 MODEL_KEY_TABLES: dict[str, KeyTable] = {
+    **{f"segformer_b{i}": SEGFORMER for i in range(6)},
     "upernet_swin_t": UPERNET_SWIN,
     "upernet_swin_l": UPERNET_SWIN,
     "ocrnet_hrnet_w18": OCRNET_HRNET,
     "fcn_resnet18": FCN_RESNET,
+    "segnext_t": SEGNEXT,
     "fcn_resnet101": FCN_RESNET,
     "ocrnet_hrnet_w48": OCRNET_HRNET,
     "upernet_vit_adapter_l": VIT_ADAPTER_UPERNET,
