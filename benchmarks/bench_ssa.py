@@ -308,7 +308,7 @@ def bench_cost(args) -> list[dict]:
             counts[clf] = dict(
                 params=count_params(model, deployed=False), inference_params=count_params(model),
                 full=count_flops_full(model, images),
-                mmcv=count_flops_mmcv(model, images, spec.mmcv_uncounted),
+                mmcv=count_flops_mmcv(model, images, **spec.mmcv_counting),
             )
         rows.append({"model": name, **{f"{c}_{k}": v for c, d in counts.items()
                                        for k, v in d.items()}})

@@ -271,7 +271,7 @@ def cmd_profile(args) -> int:
                             cfg.classifier_params)
     result = profile_model(model, cfg.profile.input_size, select_device(cfg.profile.device),
                            cfg.profile.warmup, cfg.profile.repeats, cfg.profile.threads,
-                           cfg.profile.precision, model_spec(cfg.model).mmcv_uncounted)
+                           cfg.profile.precision, model_spec(cfg.model).mmcv_counting)
     result["conditions"]["num_classes"] = num_classes
     run_dir = Path(cfg.run_dir)
     atomic_io.write_json(run_dir / PROFILE_FILE, result)

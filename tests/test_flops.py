@@ -67,3 +67,22 @@ def test_count_params_leaves_out_training_only_classifier_parts() -> None:
     model.classifier = Classifier()
     assert count_params(model) == 29
     assert count_params(model, deployed=False) == 49
+
+
+def test_sync_bn_and_conv_linears_are_counted_as_the_reference_is() -> None:
+    """mmcv matches types exactly (SyncBN not counted) and counts a 1x1 conv's bias, not a
+    Linear's: patterns make our plain modules count as the reference's."""
+    with torch.device("meta"):
+        model = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.BatchNorm2d(4))
+        x = torch.empty(1, 3, 8, 8)
+        mlp = nn.Sequential(nn.Linear(8, 6), nn.LayerNorm(6))
+        tokens = torch.empty(2, 5, 8)
+    conv = 3 * 4 * 64
+    assert count_flops_mmcv(model, x) == conv + 2 * 4 * 64
+    assert count_flops_mmcv(model, x, sync_bn=("1",)) == conv
+    assert count_flops_mmcv(model, x, sync_bn=("0",)) == conv + 2 * 4 * 64  # a conv is no BN
+    with torch.device("meta"):
+        synced = nn.Sequential(nn.Conv2d(3, 4, 1, bias=False), nn.SyncBatchNorm(4))
+    assert count_flops_mmcv(synced, x) == conv  # a real SyncBN: never counted
+    assert count_flops_mmcv(mlp, tokens) == 5 * 8 * 6 + 2 * 5 * 6
+    assert count_flops_mmcv(mlp, tokens, conv_linears=("0",)) == 5 * 8 * 6 + 5 * 6 + 2 * 5 * 6

@@ -43,7 +43,7 @@ def test_size_matches_published(row: dict[str, str]) -> None:
         if not _within(params, float(row["params_m"])):
             problems.append(f"params {params:.2f} M vs published {row['params_m']} M")
     if row["gflops_mmcv"]:
-        gflops = count_flops_mmcv(model, image, MODELS[row["model"]].mmcv_uncounted) / 1e9
+        gflops = count_flops_mmcv(model, image, **MODELS[row["model"]].mmcv_counting) / 1e9
         if not _within(gflops, float(row["gflops_mmcv"])):
             problems.append(f"GFLOPs {gflops:.2f} vs published {row['gflops_mmcv']}")
     assert not problems, f"{row['model']} + {row['classifier']}: " + "; ".join(problems)

@@ -13,13 +13,25 @@ Conv1d/2d/3d            k_h*k_w*C_in/groups*C_out per output position (+ C_out p
                         for the bias)
 ConvTranspose2d         k_h*k_w*C_in*C_out/groups per *input* position (+ bias per output)
 Linear                  numel(input) * out_features (bias not counted)
-BatchNorm/GroupNorm/    numel(input), doubled when the norm has an affine transform
-InstanceNorm/LayerNorm
+BatchNorm/GroupNorm/    numel(input), doubled when the norm has an affine transform; SyncBN
+InstanceNorm/LayerNorm  not at all (see below)
 ReLU/ReLU6/PReLU/ELU/   numel(output) (GELU, SiLU, Sigmoid, Hardswish... are not counted)
 LeakyReLU
 Max/Avg(Adaptive)Pool   numel(input)
 nn.Upsample             numel(output) of one image
 ======================  =====================================================================
+
+mmcv looks a module's type up in a table (``type(m) in mapping``), so a subclass is not
+counted: ``SyncBatchNorm``, which every mmseg config of the CNN baselines and decode heads
+normalises with (``norm_cfg=dict(type="SyncBN")``), contributes nothing, nor do mmseg's own
+``Upsample`` module and ``nn.MultiheadAttention``'s output projection. Our models are counted as
+the *reference* would be: their BatchNorms are plain ``nn.BatchNorm2d`` and are skipped where
+``sync_bn`` patterns say the reference has SyncBN (``ModelSpec.mmcv_sync_bn``); a Linear that is
+a 1x1 convolution in the reference (mmseg's MiT MLP) gets the convolution's bias FLOPs
+(``conv_linears``, ``ModelSpec.mmcv_conv_linears``); modules the reference runs functionally
+are left out by ``uncounted`` patterns (``ModelSpec.mmcv_uncounted``). With them, our count
+equals mmcv 2.1.0's ``get_model_complexity_info`` on mmsegmentation 1.2.2's model exactly
+(tests/test_mmseg_models.py). ``ModelSpec.mmcv_counting`` holds all three for a zoo model.
 
 Figures are per image (mmcv divides by the batch size). Both counters only look at shapes, so
 a model built on the ``meta`` device with ``meta`` inputs is measured without allocating memory
@@ -54,6 +66,14 @@ _POOL = (
 
 def _numel(t: torch.Tensor) -> int:
     return math.prod(t.shape)
+
+
+def _linear_as_conv_bias(module: nn.Linear, inputs: tuple, output) -> int:
+    """The bias FLOPs mmcv counts for a 1x1 convolution (out_channels per position), which it
+    does not count for the Linear that computes the same."""
+    if module.bias is None:
+        return 0
+    return _numel(output)
 
 
 def _module_flops(module: nn.Module, inputs: tuple, output) -> int:
@@ -100,7 +120,11 @@ _COUNTED = (*_CONV, *_DECONV, nn.Linear, *_NORM, *_ACT, *_POOL, nn.Upsample)
 
 @torch.no_grad()
 def count_flops_mmcv(
-    model: nn.Module, images: torch.Tensor, uncounted: Sequence[str] = ()
+    model: nn.Module,
+    images: torch.Tensor,
+    uncounted: Sequence[str] = (),
+    sync_bn: Sequence[str] = (),
+    conv_linears: Sequence[str] = (),
 ) -> int:
     """Multiply-adds of one forward pass per image, counted the way mmcv's counter does.
 
@@ -112,6 +136,10 @@ def count_flops_mmcv(
     q/kv/output projections inside ``nn.MultiheadAttention``, which calls them functionally, so
     the published SegFormer GFLOPs leave them out while our timm MiT has them as ``nn.Linear``.
     Pass them to reproduce the published figure; leave empty to count every hooked module.
+
+    ``sync_bn``: patterns of BatchNorms that are SyncBN in the reference (not counted);
+    ``conv_linears``: patterns of Linears that are 1x1 convolutions there (bias counted). A
+    ``nn.SyncBatchNorm`` in ``model`` itself is never counted, as in mmcv.
     """
     total = 0
 
@@ -119,11 +147,24 @@ def count_flops_mmcv(
         nonlocal total
         total += _module_flops(module, inputs, output)
 
-    handles = [
-        m.register_forward_hook(hook)
-        for name, m in model.named_modules()
-        if isinstance(m, _COUNTED) and not any(fnmatch.fnmatchcase(name, p) for p in uncounted)
-    ]
+    def conv_bias_hook(module: nn.Module, inputs: tuple, output) -> None:
+        nonlocal total
+        total += _linear_as_conv_bias(module, inputs, output)
+
+    def matches(name: str, patterns: Sequence[str]) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    handles = []
+    for name, m in model.named_modules():
+        if not isinstance(m, _COUNTED) or matches(name, uncounted):
+            continue
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+            isinstance(m, nn.SyncBatchNorm) or matches(name, sync_bn)
+        ):
+            continue
+        handles.append(m.register_forward_hook(hook))
+        if isinstance(m, nn.Linear) and matches(name, conv_linears):
+            handles.append(m.register_forward_hook(conv_bias_hook))
     was_training = model.training
     model.eval()
     try:

@@ -68,11 +68,11 @@ def peak_memory_mb(model: nn.Module, images: torch.Tensor) -> tuple[float, str]:
 
 def profile_model(model: nn.Module, input_size: tuple[int, int], device: torch.device,
                   warmup: int, repeats: int, threads: int, precision: str = "fp32",
-                  mmcv_uncounted: tuple[str, ...] = ()) -> dict:
+                  mmcv_counting: dict | None = None) -> dict:
     """Every cost figure of ``model`` with the conditions it was measured under.
 
-    ``mmcv_uncounted``: module-name patterns the reference's mmcv count could not see
-    (:attr:`ssaseg.models.zoo.ModelSpec.mmcv_uncounted`).
+    ``mmcv_counting``: how the reference looks to mmcv's counter, the keyword arguments of
+    :func:`ssaseg.engine.flops.count_flops_mmcv` (:attr:`ssaseg.models.zoo.ModelSpec.mmcv_counting`).
     """
     if device.type == "cpu":
         torch.set_num_threads(threads)
@@ -80,7 +80,7 @@ def profile_model(model: nn.Module, input_size: tuple[int, int], device: torch.d
     images = torch.randn(1, 3, *input_size, device=device)
     result: dict = dict(params_by_part(model))
     result["flops_full"] = count_flops_full(model, images)
-    result["flops_mmcv"] = count_flops_mmcv(model, images, mmcv_uncounted)
+    result["flops_mmcv"] = count_flops_mmcv(model, images, **(mmcv_counting or {}))
     times = measure_latency(model, images, warmup, repeats, precision)
     result.update(
         latency_ms_median=statistics.median(times),

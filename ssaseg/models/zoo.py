@@ -32,11 +32,27 @@ class ModelSpec:
     # module-name patterns (fnmatch, relative to the Segmentor) that the *reference*
     # implementation runs inside code mmcv's FLOP counter cannot see (see engine/flops.py)
     mmcv_uncounted: tuple[str, ...] = ()
+    # module-name patterns of the BatchNorms that are SyncBN in the reference config: mmcv
+    # matches module types exactly and does not count them
+    mmcv_sync_bn: tuple[str, ...] = ()
+    # module-name patterns of Linear layers that are 1x1 convolutions in the reference (mmcv
+    # counts a convolution's bias, not a Linear's)
+    mmcv_conv_linears: tuple[str, ...] = ()
     # a mask-classification head (Mask2Former): its classifiers are those of
     # models/classifiers/mask_classification.py, built with these set-criterion settings
     mask_classification: bool = False
     criterion_kwargs: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def mmcv_counting(self) -> dict[str, tuple[str, ...]]:
+        """Keyword arguments of ``ssaseg.engine.flops.count_flops_mmcv`` that count this model
+        the way mmcv counted the reference implementation."""
+        return dict(uncounted=self.mmcv_uncounted, sync_bn=self.mmcv_sync_bn,
+                    conv_linears=self.mmcv_conv_linears)
+
+
+# mmsegmentation's configs normalise every BatchNorm of these models with SyncBN (norm_cfg)
+_MMSEG_SYNC_BN = ("*",)
 
 MODELS: dict[str, ModelSpec] = {
     "fcn_resnet18": ModelSpec(
@@ -47,6 +63,7 @@ MODELS: dict[str, ModelSpec] = {
         head="fcn",
         head_kwargs=dict(channels=128, num_convs=2, concat_input=True, aux_in_index=2,
                          aux_channels=64),
+        mmcv_sync_bn=_MMSEG_SYNC_BN,
         description="FCN-ResNet18-D8: ResNet-18-V1c (deep stem, dilated, output stride 8) + "
         "FCN head (128) + auxiliary FCN on stage 3 (64), a small CNN baseline",
     ),
@@ -59,6 +76,9 @@ MODELS: dict[str, ModelSpec] = {
             head="all_mlp", head_kwargs=dict(channels=256),
             # mmseg's MiT hides q/kv/out projections in nn.MultiheadAttention
             mmcv_uncounted=("backbone.*.attn.q", "backbone.*.attn.kv", "backbone.*.attn.proj"),
+            # its MixFFN's fc1/fc2 are 1x1 convolutions; the head normalises with SyncBN
+            mmcv_conv_linears=("backbone.*.mlp.fc1", "backbone.*.mlp.fc2"),
+            mmcv_sync_bn=_MMSEG_SYNC_BN,
             description=f"SegFormer-B{i}: MiT-B{i} (timm pvt_v2_b{i} with MiT's MLP ratio 4) "
             "+ all-MLP head (256 channels, as in the reference configs)",
         )
@@ -69,9 +89,11 @@ MODELS: dict[str, ModelSpec] = {
             backbone="swin",
             backbone_kwargs=dict(model_name=f"swin_{size}_patch4_window7_224", drop_path_rate=0.3),
             head="uper", head_kwargs=dict(channels=512, aux_in_index=2, aux_channels=256),
-            description=f"UPerNet-Swin-{size[0].upper()}: Swin-{size[0].upper()} as mmseg builds it "
-            "(window 7, shifted in every second block of every stage, pad then roll, a "
-            "LayerNorm on each output stage; any input size) + UPerNet (PPM + FPN, 512 channels) + auxiliary FCN on stage 3",
+            mmcv_sync_bn=_MMSEG_SYNC_BN,
+            description=f"UPerNet-Swin-{size[0].upper()}: Swin-{size[0].upper()} as mmseg "
+            "builds it (window 7, shifted in every second block of every stage, pad then roll, "
+            "a LayerNorm on each output stage; any input size) + UPerNet (PPM + FPN, 512 "
+            "channels) + auxiliary FCN on stage 3",
         )
         for size in ("tiny", "large")
     },
@@ -82,9 +104,10 @@ MODELS: dict[str, ModelSpec] = {
                 model_name=f"hrnet_w{width}", feature_location="", out_indices=(1, 2, 3, 4),
             ),
             head="ocr", head_kwargs=dict(channels=512, ocr_channels=256),
+            mmcv_sync_bn=_MMSEG_SYNC_BN,
             description=f"OCRNet-HRNet-W{width}: HRNetV2-W{width} as mmseg builds it (bilinear "
-            "branch fusion, any input size) + OCR head (soft object "
-            "regions as auxiliary logits)",
+            "branch fusion, any input size) + OCR head (soft object regions as auxiliary "
+            "logits)",
         )
         for width in (18, 48)
     },
@@ -103,6 +126,7 @@ MODELS: dict[str, ModelSpec] = {
         backbone_kwargs=dict(model_name="resnet101c", output_stride=8, out_indices=(1, 2, 3, 4)),
         head="fcn",
         head_kwargs=dict(channels=512, num_convs=2, concat_input=True, aux_in_index=2),
+        mmcv_sync_bn=_MMSEG_SYNC_BN,
         description="FCN-ResNet101-D8: ResNet-101-V1c (deep stem, dilated, output stride 8) + "
         "FCN head (512) + auxiliary FCN on stage 3",
     ),

@@ -45,9 +45,27 @@ class BilinearFuseModule(_hrnet.HighResolutionModule):
         return fused
 
 
+class BilinearUpsample(nn.Module):
+    """Upsampling by an integer factor, bilinear, align_corners False: mmseg's own ``Upsample``
+    module in HRNet's fuse layers. Deliberately not an ``nn.Upsample``: mmcv's FLOP counter
+    matches module types exactly and does not see mmseg's, so the published GFLOPs leave these
+    out, and :func:`ssaseg.engine.flops.count_flops_mmcv` does the same with ours."""
+
+    def __init__(self, scale_factor: int) -> None:
+        super().__init__()
+        self.scale_factor = int(scale_factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, C, s*h, s*w)
+        size = (x.shape[-2] * self.scale_factor, x.shape[-1] * self.scale_factor)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+    def extra_repr(self) -> str:
+        return f"scale_factor={self.scale_factor}"
+
+
 def make_hrnet_fuse_bilinear(model: nn.Module) -> int:
     """Switch, in place, every HRNet fuse to mmseg's bilinear one; returns how many upsampling
-    modules were switched."""
+    modules were replaced (parameter-free: the state-dict names do not change)."""
     switched = 0
     for module in model.modules():
         if type(module) is _hrnet.HighResolutionModule:
@@ -55,10 +73,9 @@ def make_hrnet_fuse_bilinear(model: nn.Module) -> int:
             if isinstance(module.fuse_layers, nn.ModuleList):
                 for fuse_outer in module.fuse_layers:
                     for fuse in fuse_outer:
-                        for sub in fuse.modules():
-                            if isinstance(sub, nn.Upsample):
-                                sub.mode, sub.align_corners = "bilinear", False
-                                switched += 1
+                        if isinstance(fuse, nn.Sequential) and isinstance(fuse[-1], nn.Upsample):
+                            fuse[-1] = BilinearUpsample(fuse[-1].scale_factor)
+                            switched += 1
     return switched
 
 
