@@ -22,7 +22,7 @@ REAL = ["segformer_b0", "upernet_swin_t", "ocrnet_hrnet_w18", "fcn_resnet101", "
 # built on the meta device only: same code as their REAL sibling, too slow on 2 CPU cores
 META = ["segformer_b1", "segformer_b2", "segformer_b3", "segformer_b4", "segformer_b5",
         "upernet_swin_l", "ocrnet_hrnet_w48", "hrnet_w48", "cgrseg_l"]
-WITH_AUX = {"upernet_swin_t", "ocrnet_hrnet_w18", "fcn_resnet101", "cgrseg_b"}
+WITH_AUX = {"upernet_swin_t", "ocrnet_hrnet_w18", "fcn_resnet101", "fcn_resnet18", "cgrseg_b"}
 
 
 def _batch(h: int = 64, w: int = 64):

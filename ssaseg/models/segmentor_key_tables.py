@@ -15,8 +15,13 @@ Families:
   ``backbone.``, ``decode_head.``, ``auxiliary_head.``), e.g.
   ``upernet_augreg_adapter_large_512_160k_ade20k.pth.tar`` (model ``upernet_vit_adapter_l``,
   classifier ``linear``: ``decode_head.conv_seg`` is the linear classifier).
-* :data:`UPERNET_SWIN` -- mmsegmentation's UperNet-Swin releases (models ``upernet_swin_t``,
-  ``upernet_swin_l``).
+* mmsegmentation's own releases (1.x and 0.x name their modules alike), the classifier
+  ``linear`` (``decode_head.conv_seg``; OCRNet: ``decode_head.1.conv_seg``):
+  :data:`SEGFORMER` (``segformer_b0``..``b5``), :data:`UPERNET_SWIN` (``upernet_swin_t``/``l``),
+  :data:`OCRNET_HRNET` (``ocrnet_hrnet_w18``/``w48``), :data:`FCN_RESNET` (``fcn_resnet101``,
+  ``fcn_resnet18``), :data:`SEGNEXT` (``segnext_t``). tests/test_mmseg_models.py copies
+  mmseg 1.2.2's models into ours through these tables, with no key left over on either side,
+  and checks that features and logits then agree.
 * :data:`MASK2FORMER` -- mmsegmentation 1.x's Mask2Former releases, e.g.
   ``mask2former_r50_8xb2-160k_ade20k-512x512_20221204_000055-2d1f55f1.pth`` (model
   ``mask2former_r50``, classifier ``linear``, which has no parameters of its own).
