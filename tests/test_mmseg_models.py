@@ -40,7 +40,8 @@ from ssaseg.engine.flops import count_flops_mmcv
 from ssaseg.models.backbones.checkpoint import load_mapped_state_dict
 from ssaseg.models.segmentor_key_tables import MODEL_KEY_TABLES, apply_key_table
 from ssaseg.models.zoo import MODELS, build_segmentor
-from tests.mmseg_stub import import_mmseg_models
+from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
+from tests.mmcv_stub import stub_mmcv_ext
 
 mmseg = pytest.importorskip("mmseg", reason="needs the optional extra `conformance` (mmsegmentation)")
 # mmseg's and mmcv-lite's deprecation and missing-op notices
@@ -84,6 +85,19 @@ def _set_num_classes(node) -> None:
     elif isinstance(node, list):
         for value in node:
             _set_num_classes(value)
+
+
+def import_mmseg_models():
+    """mmseg's model registry, every module registered, with ``mmseg`` as the default scope."""
+    declare_missing_torchvision_ops()
+    stub_mmcv_ext()
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS as MMSEG_MODELS
+    from mmseg.utils import register_all_modules
+
+    register_all_modules(init_default_scope=False)
+    init_default_scope("mmseg")
+    return MMSEG_MODELS
 
 
 def build_mmseg(case: Case, device: str = "cpu") -> nn.Module:
