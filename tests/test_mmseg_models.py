@@ -43,7 +43,8 @@ from ssaseg.models.zoo import MODELS, build_segmentor
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
 from tests.mmcv_stub import stub_mmcv_ext
 
-mmseg = pytest.importorskip("mmseg", reason="needs the optional extra `conformance` (mmsegmentation)")
+mmseg = pytest.importorskip("mmseg",
+                            reason="needs the optional extra `conformance` (mmsegmentation)")
 # mmseg's and mmcv-lite's deprecation and missing-op notices
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

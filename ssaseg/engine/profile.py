@@ -72,7 +72,8 @@ def profile_model(model: nn.Module, input_size: tuple[int, int], device: torch.d
     """Every cost figure of ``model`` with the conditions it was measured under.
 
     ``mmcv_counting``: how the reference looks to mmcv's counter, the keyword arguments of
-    :func:`ssaseg.engine.flops.count_flops_mmcv` (:attr:`ssaseg.models.zoo.ModelSpec.mmcv_counting`).
+    :func:`ssaseg.engine.flops.count_flops_mmcv`
+    (:attr:`ssaseg.models.zoo.ModelSpec.mmcv_counting`).
     """
     if device.type == "cpu":
         torch.set_num_threads(threads)

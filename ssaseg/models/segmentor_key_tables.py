@@ -95,7 +95,8 @@ UPERNET_SWIN: KeyTable = (
     (r"backbone\.patch_embed\.norm\.(.+)", r"backbone.model.patch_embed.norm.\1"),
     (r"backbone\.norm(\d)\.(.+)", r"backbone.out_norms.\1.\2"),
     (_SWIN_STAGE + r"blocks\.(\d+)\.attn\.w_msa\.relative_position_index", None),  # recomputed
-    (_SWIN_STAGE + r"blocks\.(\d+)\.attn\.w_msa\.(.+)", r"backbone.model.layers_\1.blocks.\2.attn.\3"),
+    (_SWIN_STAGE + r"blocks\.(\d+)\.attn\.w_msa\.(.+)",
+     r"backbone.model.layers_\1.blocks.\2.attn.\3"),
     (_SWIN_STAGE + r"blocks\.(\d+)\.ffn\.layers\.0\.0\.(.+)",
      r"backbone.model.layers_\1.blocks.\2.mlp.fc1.\3"),
     (_SWIN_STAGE + r"blocks\.(\d+)\.ffn\.layers\.1\.(.+)",
@@ -140,7 +141,8 @@ _V1C_STEM = {"0": "conv1.0", "1": "conv1.1", "3": "conv1.3", "4": "conv1.4", "6"
              "7": "bn1"}
 # mmseg's ResNetV1c + FCNHead + auxiliary FCNHead -> ours (backbones/resnet.py, heads/fcn.py)
 FCN_RESNET: KeyTable = (
-    *((rf"backbone\.stem\.{i}\.(.+)", rf"backbone.model.{ours}.\1") for i, ours in _V1C_STEM.items()),
+    *((rf"backbone\.stem\.{i}\.(.+)", rf"backbone.model.{ours}.\1")
+      for i, ours in _V1C_STEM.items()),
     (r"backbone\.(layer\d\..+)", r"backbone.model.\1"),  # mmseg's stage names are timm's
     (r"decode_head\.convs\.(\d+)\.conv\.(.+)", r"head.convs.\1.0.\2"),
     (r"decode_head\.convs\.(\d+)\.bn\.(.+)", r"head.convs.\1.1.\2"),
@@ -158,7 +160,8 @@ _OUR_MIT_BLOCK = r"backbone.model.stages_\1.blocks.\2."
 SEGFORMER: KeyTable = (
     (r"backbone\.layers\.0\.0\.projection\.(.+)", r"backbone.model.patch_embed.proj.\1"),
     (r"backbone\.layers\.0\.0\.norm\.(.+)", r"backbone.model.patch_embed.norm.\1"),
-    (r"backbone\.layers\.(\d)\.0\.projection\.(.+)", r"backbone.model.stages_\1.downsample.proj.\2"),
+    (r"backbone\.layers\.(\d)\.0\.projection\.(.+)",
+     r"backbone.model.stages_\1.downsample.proj.\2"),
     (r"backbone\.layers\.(\d)\.0\.norm\.(.+)", r"backbone.model.stages_\1.downsample.norm.\2"),
     (_MIT_BLOCK + r"attn\.attn\.in_proj_(weight|bias)",
      (_OUR_MIT_BLOCK + r"attn.q.\3", _OUR_MIT_BLOCK + r"attn.kv.\3"), "split_q_kv"),

@@ -46,7 +46,7 @@ class PadThenRollBlock(_swin.SwinTransformerBlock):
         mask = None
         if any(shift):
             x = torch.roll(x, shifts=(-shift[0], -shift[1]), dims=(1, 2))
-            mask = self.get_attn_mask(x)  # regions of the padded, shifted map: (nW, N, N)
+            mask = self._shift_mask(x)  # regions of the padded, shifted map: (nW, N, N)
         windows = _swin.window_partition(x, self.window_size).view(-1, self.window_area, channels)
         windows = self.attn(windows, mask=mask)  # (B * nW, N, C)
         windows = windows.view(-1, win_h, win_w, channels)
@@ -54,6 +54,16 @@ class PadThenRollBlock(_swin.SwinTransformerBlock):
         if any(shift):
             x = torch.roll(x, shifts=shift, dims=(1, 2))
         return x[:, :height, :width].contiguous()
+
+    def _shift_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """timm's shift mask for the padded map's size, kept for the last size seen (it depends
+        only on the size: one image size per batch, the same in every step of a training run)."""
+        key = (x.shape[1], x.shape[2], x.device, x.dtype)
+        cached = self.__dict__.get("_cached_shift_mask")
+        if cached is None or cached[0] != key:
+            cached = (key, self.get_attn_mask(x))
+            self.__dict__["_cached_shift_mask"] = cached  # a plain attribute: not in state_dict
+        return cached[1]
 
 
 class SwinBackbone(TimmBackbone):

@@ -26,8 +26,9 @@ class TimmBackbone(nn.Module):
 
     ``pad_to_multiple``: pad the input (right/bottom, zeros) to a multiple of this before the
     model and crop each feature map back to ``ceil(H / stride)``; for backbones that need sizes
-    divisible by their windows/strides (Swin, EfficientFormerV2) to take whole images of any
-    size. ``dynamic_size``: make EfficientFormerV2's fixed-size attention accept any size (see
+    divisible by their strides (EfficientFormerV2) to take whole images of any size (Swin and
+    HRNet handle any size themselves, as mmseg's do: ``backbones/swin.py``, ``backbones/hrnet.py``).
+    ``dynamic_size``: make EfficientFormerV2's fixed-size attention accept any size (see
     :mod:`ssaseg.models.backbones.timm_dynamic`). ``freeze_bn_stats``: keep every BatchNorm in
     eval mode during training (running statistics frozen, affine parameters still trained), as
     CGRSeg's EfficientFormerV2 does. ``freeze_bn_affine``: also keep the BatchNorm scales and
