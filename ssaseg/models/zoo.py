@@ -112,10 +112,10 @@ MODELS: dict[str, ModelSpec] = {
         for width in (18, 48)
     },
     "hrnet_w48": ModelSpec(
-        backbone="timm",
+        backbone="hrnet",
         backbone_kwargs=dict(
             model_name="hrnet_w48", feature_location="", out_indices=(1, 2, 3, 4),
-            pad_to_multiple=32,
+            pad_to_multiple=32, fuse_align_corners=True,  # ProtoSeg's HRNet fuses bilinearly
         ),
         head="hrnet_concat",
         description="HRNet-W48 as in ProtoSeg's Cityscapes table: HRNetV2-W48 + plain head (4 "

@@ -46,26 +46,28 @@ class BilinearFuseModule(_hrnet.HighResolutionModule):
 
 
 class BilinearUpsample(nn.Module):
-    """Upsampling by an integer factor, bilinear, align_corners False: mmseg's own ``Upsample``
-    module in HRNet's fuse layers. Deliberately not an ``nn.Upsample``: mmcv's FLOP counter
+    """Upsampling by an integer factor, bilinear: mmseg's own ``Upsample`` module in HRNet's
+    fuse layers (align_corners False). Deliberately not an ``nn.Upsample``: mmcv's FLOP counter
     matches module types exactly and does not see mmseg's, so the published GFLOPs leave these
     out, and :func:`ssaseg.engine.flops.count_flops_mmcv` does the same with ours."""
 
-    def __init__(self, scale_factor: int) -> None:
+    def __init__(self, scale_factor: int, align_corners: bool = False) -> None:
         super().__init__()
         self.scale_factor = int(scale_factor)
+        self.align_corners = align_corners
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w) -> (B, C, s*h, s*w)
         size = (x.shape[-2] * self.scale_factor, x.shape[-1] * self.scale_factor)
-        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=self.align_corners)
 
     def extra_repr(self) -> str:
-        return f"scale_factor={self.scale_factor}"
+        return f"scale_factor={self.scale_factor}, align_corners={self.align_corners}"
 
 
-def make_hrnet_fuse_bilinear(model: nn.Module) -> int:
-    """Switch, in place, every HRNet fuse to mmseg's bilinear one; returns how many upsampling
-    modules were replaced (parameter-free: the state-dict names do not change)."""
+def make_hrnet_fuse_bilinear(model: nn.Module, align_corners: bool = False) -> int:
+    """Switch, in place, every HRNet fuse to a bilinear one (mmseg's: ``align_corners=False``);
+    returns how many upsampling modules were replaced (parameter-free: the state-dict names do
+    not change)."""
     switched = 0
     for module in model.modules():
         if type(module) is _hrnet.HighResolutionModule:
@@ -74,16 +76,23 @@ def make_hrnet_fuse_bilinear(model: nn.Module) -> int:
                 for fuse_outer in module.fuse_layers:
                     for fuse in fuse_outer:
                         if isinstance(fuse, nn.Sequential) and isinstance(fuse[-1], nn.Upsample):
-                            fuse[-1] = BilinearUpsample(fuse[-1].scale_factor)
+                            fuse[-1] = BilinearUpsample(fuse[-1].scale_factor, align_corners)
                             switched += 1
     return switched
 
 
 class HRNetBackbone(TimmBackbone):
     """mmseg's HRNetV2 (see module docstring) from a timm ``hrnet_w*`` model name; the same
-    arguments as :class:`TimmBackbone`."""
+    arguments as :class:`TimmBackbone`.
 
-    def __init__(self, model_name: str, weights: str | Path | None = None, **timm_kwargs) -> None:
+    ``fuse_align_corners=True``: ProtoSeg's HRNet (openseg's, tfzhou/ProtoSeg@1c4a778
+    lib/models/backbones/hrnet/hrnet_backbone.py), which resizes each coarser branch straight
+    to the finer one's size with ``align_corners=True``; with ``pad_to_multiple=32`` every size
+    is an exact multiple, where upsampling by the factor is that same resize.
+    """
+
+    def __init__(self, model_name: str, weights: str | Path | None = None,
+                 fuse_align_corners: bool = False, **timm_kwargs) -> None:
         super().__init__(model_name, weights=weights, **timm_kwargs)
-        if not make_hrnet_fuse_bilinear(self.model):
+        if not make_hrnet_fuse_bilinear(self.model, fuse_align_corners):
             raise ValueError(f"{model_name} has no HRNet fuse layers: use the `timm` backbone")
