@@ -49,5 +49,7 @@ def test_fused_q_kv_split_and_1x1_conv_as_linear() -> None:
                           x @ in_proj.T)
     assert torch.allclose(F.linear(x, state["fc1.weight"], state["fc1.bias"]),
                           F.conv2d(x[:, :, None, None], conv, bias).flatten(1), atol=1e-6)
-    with pytest.raises(ValueError, match="2 names for 1 tensors"):
-        apply_key_table({"a": bias}, ((r"a", ("b", "c")),))
+    # without a layout, a tuple of names copies the tensor to each
+    assert apply_key_table({"a": bias}, ((r"a", ("b", "c")),)).keys() == {"b", "c"}
+    with pytest.raises(ValueError, match="3 names for 2 tensors"):
+        apply_key_table({"a": in_proj}, ((r"a", ("b", "c", "d"), "split_q_kv"),))

@@ -3,12 +3,13 @@ family, kept as data.
 
 A table is a tuple of ``(pattern, replacement)`` rows. Each released name is matched against
 the patterns in order (``re.fullmatch``); the first match is rewritten with ``re.sub``-style
-``replacement`` (``None``: the key is dropped); a name no row matches is kept as it is. A row
-may carry a third element, the name of a layout change in :data:`LAYOUTS`, where the released
-tensor is stored differently from ours (mmseg's Swin patch merging concatenates its 2x2
-neighbours in ``nn.Unfold``'s order; its MiT fuses q, k and v in one ``nn.MultiheadAttention``
-projection, whose replacement is then a tuple of names, one per part). :func:`apply_key_table`
-applies one table; a loader then checks that no key is left over on either side.
+``replacement`` (``None``: the key is dropped; a tuple of names: the tensor goes to each); a
+name no row matches is kept as it is. A row may carry a third element, the name of a layout
+change in :data:`LAYOUTS`, where the released tensor is stored differently from ours (mmseg's
+Swin patch merging concatenates its 2x2 neighbours in ``nn.Unfold``'s order; its MiT fuses q, k
+and v in one ``nn.MultiheadAttention`` projection: a tuple of names then gets one part each).
+:func:`apply_key_table` applies one table; a loader then checks that no key is left over on
+either side.
 
 Families:
 * :data:`VIT_ADAPTER_UPERNET` -- czczup/ViT-Adapter's UperNet releases (mmseg 0.x layout:
@@ -252,7 +253,7 @@ def _match(name: str, table: KeyTable) -> tuple[tuple[str, ...], str | None]:
 
 
 def rename_key(name: str, table: KeyTable) -> str | None:
-    """One released name -> ours (None: dropped; the first name where a row splits a tensor)."""
+    """One released name -> ours (None: dropped; the first name where a row has several)."""
     names, _ = _match(name, table)
     return names[0] if names else None
 
@@ -265,7 +266,7 @@ def apply_key_table(state: dict[str, torch.Tensor], table: KeyTable) -> dict[str
         names, layout = _match(name, table)
         if not names:
             continue
-        tensors = (tensor,) if layout is None else LAYOUTS[layout](tensor)
+        tensors = (tensor,) * len(names) if layout is None else LAYOUTS[layout](tensor)
         if len(tensors) != len(names):
             raise ValueError(f"key table row for {name!r}: {len(names)} names for "
                              f"{len(tensors)} tensors (layout {layout})")
