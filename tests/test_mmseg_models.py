@@ -190,6 +190,23 @@ def test_large_variants_have_mmseg_params_and_names(case: Case) -> None:
     assert [k for k in own if own[k].shape != state[k].shape] == []
 
 
+def test_swin_backbone_checkpoint_in_mmseg_naming_loads(tmp_path) -> None:
+    """A backbone-only Swin file in mmseg's naming (what mmseg's swin2mmseg writes: no stage
+    output norms) loads into our SwinBackbone; with the output norms at their init on both
+    sides, the features are mmseg's."""
+    case = CASES[1]
+    reference = build_mmseg(case).backbone
+    state = {k: v for k, v in reference.state_dict().items() if not k.startswith("norm")}
+    torch.save(state, tmp_path / "swin_mmseg.pth")
+    from ssaseg.models.backbones.swin import SwinBackbone
+
+    ours = SwinBackbone("swin_tiny_patch4_window7_224", weights=tmp_path / "swin_mmseg.pth").eval()
+    images = torch.randn(1, 3, *case.size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diffs = [(a - b).abs().max().item() for a, b in zip(reference(images), ours(images))]
+    assert max(diffs) <= TOLERANCE
+
+
 @pytest.mark.parametrize("case", CASES + LARGE, ids=lambda c: c.model)
 def test_mmcv_flops_equal_mmcv_on_mmseg(case: Case) -> None:
     from mmcv.cnn.utils import get_model_complexity_info

@@ -10,6 +10,9 @@ Formats handled:
 * MiT converted by mmsegmentation (``layers.0.1.0.attn.attn.in_proj_weight``; q and kv fused
   into one MultiheadAttention projection, MLP weights stored as 1x1 convolutions) -> timm;
 * Swin, official release (``layers.0.downsample`` at the end of a stage) -> timm's converter;
+* Swin converted by mmsegmentation (``stages.0.blocks.0.attn.w_msa.qkv``; patch merging in
+  ``nn.Unfold``'s channel order) -> timm, by the backbone rows of
+  :data:`ssaseg.models.segmentor_key_tables.UPERNET_SWIN`'s kind;
 * EfficientFormerV2, official release (``network.N``, ``patch_embed.N``) -> timm;
 * ResNet-V1c as released by OpenMMLab (``stem.N``: three 3x3 convolutions) -> timm ``resnet*c``;
 * HRNet (ImageNet classification release): the names are already timm's.
@@ -80,6 +83,29 @@ def _swin_official(state: State, model: nn.Module) -> State | None:
     return checkpoint_filter_fn(state, model)
 
 
+_SWIN_MMSEG_STAGE = r"stages\.(\d+)\."
+_SWIN_MMSEG = (
+    (r"patch_embed\.projection\.(.+)", r"patch_embed.proj.\1"),
+    (_SWIN_MMSEG_STAGE + r"blocks\.(\d+)\.attn\.w_msa\.relative_position_index", None),
+    (_SWIN_MMSEG_STAGE + r"blocks\.(\d+)\.attn\.w_msa\.(.+)", r"layers.\1.blocks.\2.attn.\3"),
+    (_SWIN_MMSEG_STAGE + r"blocks\.(\d+)\.ffn\.layers\.0\.0\.(.+)",
+     r"layers.\1.blocks.\2.mlp.fc1.\3"),
+    (_SWIN_MMSEG_STAGE + r"blocks\.(\d+)\.ffn\.layers\.1\.(.+)", r"layers.\1.blocks.\2.mlp.fc2.\3"),
+    (_SWIN_MMSEG_STAGE + r"blocks\.(\d+)\.(.+)", r"layers.\1.blocks.\2.\3"),  # norm1, norm2
+    # mmseg merges at the end of stage i, timm at the start of stage i + 1
+    *((rf"stages\.{i}\.downsample\.(norm|reduction)\.(.+)", rf"layers.{i + 1}.downsample.\1.\2",
+       "unfold_to_timm_merge") for i in range(3)),
+)
+
+
+def _swin_mmseg(state: State, model: nn.Module) -> State | None:
+    if "stages.0.blocks.0.attn.w_msa.qkv.weight" not in state:
+        return None
+    from ssaseg.models.segmentor_key_tables import apply_key_table
+
+    return apply_key_table(state, _SWIN_MMSEG)
+
+
 _EFV2_PARTS = [
     (r"^patch_embed\.0\.", "stem.conv1.conv."), (r"^patch_embed\.1\.", "stem.conv1.bn."),
     (r"^patch_embed\.3\.", "stem.conv2.conv."), (r"^patch_embed\.4\.", "stem.conv2.bn."),
@@ -136,8 +162,8 @@ def _resnet_v1c_mmcv(state: State, model: nn.Module) -> State | None:
     return out
 
 
-CONVERTERS = (_mit_mmseg, _mit_official, _swin_official, _efficientformerv2_official,
-              _resnet_v1c_mmcv)
+CONVERTERS = (_mit_mmseg, _mit_official, _swin_official, _swin_mmseg,
+              _efficientformerv2_official, _resnet_v1c_mmcv)
 
 
 def to_timm(state: State, full_model: nn.Module) -> State:
