@@ -5,16 +5,17 @@ without it. For every baseline mmseg has, mmseg's model is built from its own co
 (``mmseg/.mim/configs``), its BatchNorm statistics and norm affines randomised, and its state
 dict copied into ours through the whole-segmentor key table of the model
 (``ssaseg.models.segmentor_key_tables.MODEL_KEY_TABLES``), which must leave no key over on either
-side. In eval mode, on one random image (small, odd sizes: Swin's at 120 x 88 pads every stage
-to whole windows and shifts the last), the backbone stage features and the logits (before the
-resize to the input, i.e. mmseg's ``_forward``) must agree within 1e-3; the measured maxima are
-printed (``pytest -s``) and were, on 2026-12-03 (CPU, fp32, torch 2.13, timm 1.0.31):
+side. In eval mode, on one random image (small, odd sizes: Swin's at 118 x 90 pads the image
+to the patch size, every stage to whole windows, and shifts the last), the backbone stage
+features and the logits (before the resize to the input, i.e. mmseg's ``_forward``) must agree
+within 1e-3; the measured maxima are printed (``pytest -s``) and were, on 2026-12-03 (CPU, fp32,
+torch 2.13, timm 1.0.31, 19 classes):
 
 =================  ===========  ==================  ================
 model              input        max |feature diff|  max |logit diff|
 =================  ===========  ==================  ================
 segformer_b0       72 x 100     5.8e-5              4.5e-5
-upernet_swin_t     120 x 88     4.3e-6              1.1e-5
+upernet_swin_t     118 x 90     4.7e-6              9.7e-6
 ocrnet_hrnet_w18   72 x 100     0                   0
 fcn_resnet101      40 x 56      0                   0
 segnext_t          72 x 100     0                   0
@@ -25,6 +26,11 @@ The large variants (SegFormer-B5, UperNet-Swin-L, OCRNet-HRNet-W48) are built on
 the same parameter count, and the key table maps every mmseg name onto ours with equal shapes.
 For all of them, our mmcv-convention FLOP count (``count_flops_mmcv`` with the model's
 ``ModelSpec.mmcv_counting``) equals mmcv 2.1.0's ``get_model_complexity_info`` on mmseg's model.
+A Swin backbone checkpoint in mmseg's naming loads into ours and gives mmseg's features.
+
+At 512 x 512 with 150 classes (the same procedure, run once by hand on 2026-12-03) the max logit
+differences were: SegFormer-B0 3.1e-5, B5 6.9e-5, UperNet-Swin-T 1.5e-5, Swin-L 2.0e-5,
+OCRNet-HRNet-W18 0, W48 0, FCN-R101-D8 0, FCN-R18-D8 0, SegNeXt-T 0.
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ class Case:
 CASES = [
     Case("segformer_b0", "segformer/segformer_mit-b0_8xb2-160k_ade20k-512x512.py"),
     Case("upernet_swin_t",
-         "swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py", (120, 88)),
+         "swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py", (118, 90)),
     Case("ocrnet_hrnet_w18", "ocrnet/ocrnet_hr18_4xb4-80k_ade20k-512x512.py"),
     Case("fcn_resnet101", "fcn/fcn_r101-d8_4xb4-80k_ade20k-512x512.py", (40, 56)),
     Case("segnext_t", "segnext/segnext_mscan-t_1xb16-adamw-160k_ade20k-512x512.py"),
