@@ -2,10 +2,11 @@
 
 Needs the optional extra ``conformance`` (mmsegmentation 1.2.2, mmengine, mmcv-lite); skipped
 without it. For every baseline mmseg has, mmseg's model is built from its own config
-(``mmseg/.mim/configs``), its BatchNorm statistics and norm affines randomised, and its state
-dict copied into ours through the whole-segmentor key table of the model
-(``ssaseg.models.segmentor_key_tables.MODEL_KEY_TABLES``), which must leave no key over on either
-side. In eval mode, on one random image (small, odd sizes: Swin's at 118 x 90 pads the image
+(``mmseg/.mim/configs``), its BatchNorm statistics and norm affines randomised, its state dict
+saved as an mmseg 1.x file (``{"meta": ..., "state_dict": ...}``) and loaded into ours by the
+released-checkpoint loader (``ssaseg.models.segmentor_checkpoint.load_released_checkpoint``:
+the classifier rows and the model's ``segmentor_key_tables.MODEL_KEY_TABLES`` table), which
+leaves no key over on either side or fails. In eval mode, on one random image (small, odd sizes: Swin's at 118 x 90 pads the image
 to the patch size, every stage to whole windows, and shifts the last), the backbone stage
 features and the logits (before the resize to the input, i.e. mmseg's ``_forward``) must agree
 within 1e-3; the measured maxima are printed (``pytest -s``) and were, on 2026-12-03 (CPU, fp32,
@@ -43,8 +44,7 @@ import torch
 from torch import nn
 
 from ssaseg.engine.flops import count_flops_mmcv
-from ssaseg.models.backbones.checkpoint import load_mapped_state_dict
-from ssaseg.models.segmentor_key_tables import MODEL_KEY_TABLES, apply_key_table
+from ssaseg.models.segmentor_checkpoint import load_released_checkpoint, map_released_state
 from ssaseg.models.zoo import MODELS, build_segmentor
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
 from tests.mmcv_stub import stub_mmcv_ext
@@ -154,14 +154,16 @@ def _ours(case: Case) -> nn.Module:
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.model)
-def test_features_and_logits_equal_mmseg(case: Case) -> None:
+def test_features_and_logits_equal_mmseg(case: Case, tmp_path) -> None:
     torch.manual_seed(0)
     reference = build_mmseg(case)
     _randomise_norms(reference)
     ours = _ours(case)
     assert _params(ours) == _params(reference)
-    state = apply_key_table(reference.state_dict(), MODEL_KEY_TABLES[case.model])
-    load_mapped_state_dict(ours, state, lambda name: name, source=f"mmseg {case.model}")
+    released = tmp_path / f"{case.model}.pth"
+    torch.save({"meta": {"mmseg_version": "1.2.2"}, "state_dict": reference.state_dict()},
+               released)
+    load_released_checkpoint(ours, released, case.model, "linear")
 
     images = torch.randn(1, 3, *case.size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -190,7 +192,8 @@ def test_large_variants_have_mmseg_params_and_names(case: Case) -> None:
     with torch.device("meta"):
         ours = _ours(case)
     assert _params(ours) == _params(reference)
-    state = apply_key_table(reference.state_dict(), MODEL_KEY_TABLES[case.model])
+    with torch.device("meta"):
+        state = map_released_state(ours, reference.state_dict(), case.model, "linear")
     own = ours.state_dict()
     assert sorted(state) == sorted(own)
     assert [k for k in own if own[k].shape != state[k].shape] == []
