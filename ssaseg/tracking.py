@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ssaseg import atomic_io
+from ssaseg.errors import MissingFileError
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 
@@ -154,7 +155,7 @@ class RunTracker:
             self.client.update_run(self.run_id, status="RUNNING")
             return
         if experiment is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{id_file} not found: train this run first (it creates the MLflow run)"
             )
         run = self.client.create_run(experiment_id(self.client, experiment), run_name=run_name, tags=dict(tags or {}))
