@@ -181,6 +181,12 @@ class RunTracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i:i + 500])
 
+    def last_logged_step(self, key: str) -> int:
+        """The highest step of metric ``key`` in this run, 0 when it has none. A resumed
+        training run replays the iterations after its checkpoint; those up to this step were
+        logged before it stopped and are not logged again."""
+        return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=0)
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
@@ -196,6 +202,9 @@ class NullTracker:
     """Stands in for :class:`RunTracker` on non-zero ranks."""
 
     run_id = None
+
+    def last_logged_step(self, key: str) -> int:
+        return 0
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None

@@ -221,9 +221,16 @@ def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: t
         start, history = state["iteration"], state["history"]
 
     tracker = open_tracker(cfg, device, info.rank)
+    logged = tracker.last_logged_step("loss")  # steps a stopped run already sent to MLflow
+    if info.is_main and (start or logged):
+        what = (f"resuming from {ckpt_path} at iteration {start}" if start else
+                "no checkpoint: starting at iteration 0")
+        note = (f"; MLflow run {tracker.run_id} has steps up to {logged}, not logged again"
+                if logged > start else "")
+        print(f"{cfg.run_name}: {what}{note}", file=sys.stderr, flush=True)
     try:
         model_path = _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start,
-                                 history, tracker, progress, info, stop)
+                                 history, tracker, progress, info, stop, logged)
     except Preempted:
         tracker.finish("KILLED")
         raise
@@ -236,7 +243,9 @@ def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: t
 
 def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, history, tracker,
                 progress, info: distributed.DistInfo = distributed.DistInfo(),
-                stop: _StopSignals | None = None) -> Path:
+                stop: _StopSignals | None = None, logged: int = 0) -> Path:
+    """Iterations ``start`` .. ``cfg.train.iters``; metrics of steps up to ``logged`` (already in
+    the MLflow run: replayed after a resume) are not logged again."""
     run_dir = Path(cfg.run_dir)
     ckpt_path = checkpoint.last_checkpoint(run_dir)
     meta = dataset.meta
@@ -335,7 +344,8 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
         history.append(record)
         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.iters or stopping:
+        if step > logged and (step % cfg.train.log_every == 0 or step == cfg.train.iters
+                              or stopping):
             tracker.log_metrics({k: v for k, v in record.items() if k != "iter"}, step=step)
         if step == cfg.train.iters or stopping:  # no next forward to wait for
             save_checkpoint(step)
