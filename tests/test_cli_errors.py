@@ -184,8 +184,32 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     def buggy(args):
         return {}["missing"]
 
-    parser = cli.build_parser()
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
-    parser._subparsers._group_actions[0].choices["report"].set_defaults(func=buggy)
+    monkeypatch.setattr(cli, "cmd_report", buggy)  # build_parser() binds it when main() runs
     with pytest.raises(KeyError):
         cli.main(["report", "--params", "unused.yaml"])
+
+
+def test_a_non_finite_checkpoint_is_not_resumed(shared, tmp_path, monkeypatch):
+    """A last.pt with NaN weights (as written before item 9) is refused by name, not resumed
+    into a NaN loss."""
+    from ssaseg import cli
+    from ssaseg.engine import train as train_module
+
+    params = _params(shared, tmp_path)
+    real_set_lr = train_module.set_lr
+
+    def set_lr_then_stop(optimizer, lr, iteration, *args):
+        if iteration == 4:  # last.pt holds iteration 3
+            raise KeyboardInterrupt
+        return real_set_lr(optimizer, lr, iteration, *args)
+
+    monkeypatch.setattr(train_module, "set_lr", set_lr_then_stop)
+    path = write_params(tmp_path / "params.yaml", params)
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["train", "--params", str(path), *RUN, "--classifier", "linear"])
+    ckpt = checkpoint.last_checkpoint(_run_dir(params))
+    state = checkpoint.load(ckpt)
+    next(v for v in state["model"].values() if v.is_floating_point()).fill_(float("nan"))
+    checkpoint.save(ckpt, state)
+    _assert_one_line_exit_2(_cli(tmp_path, params), f"checkpoint {ckpt} holds NaN/inf weights",
+                            "delete it to start over")
