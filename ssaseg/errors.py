@@ -12,6 +12,8 @@ FileNotFoundError, RuntimeError), so code that catches those keeps working. The 
   combination of keys, a range that depends on another value);
 - :class:`UnknownNameError` - a name not in its registry (model, classifier, weights, ...);
 - :class:`MissingFileError` - an input file that is not there (which command makes it);
+- :class:`UnavailableError` - what the params ask for and this machine or tracking store has
+  not got (a GPU, a deleted MLflow experiment);
 - :class:`CheckpointError` - a checkpoint or weights file that cannot be loaded (truncated,
   corrupt, holding pickled objects, keys that do not match the model, non-finite values);
 - elsewhere, beside the code that raises them: ``ConfigError`` (params files,
@@ -39,6 +41,11 @@ class UnknownNameError(InputError, KeyError):
 
 class MissingFileError(InputError, FileNotFoundError):
     """An input file that is not there; the message says which command writes it."""
+
+
+class UnavailableError(InputError, RuntimeError):
+    """The params ask for something this machine or store has not got; the message says what
+    to change."""
 
 
 class CheckpointError(InputError, RuntimeError):

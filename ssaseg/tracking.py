@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ssaseg import atomic_io
-from ssaseg.errors import MissingFileError
+from ssaseg.errors import MissingFileError, UnavailableError
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 
@@ -88,9 +88,9 @@ def experiment_id(client, name: str) -> str:
             if found is None:  # the create failed for another reason
                 raise
     if found.lifecycle_stage != "active":
-        raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow "
-                           f"experiments restore --experiment-id {found.experiment_id}`) or "
-                           "purge it (`mlflow gc`) before tracking runs in it")
+        raise UnavailableError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow "
+                               f"experiments restore --experiment-id {found.experiment_id}`) or "
+                               "purge it (`mlflow gc`) before tracking runs in it")
     return found.experiment_id
 
 

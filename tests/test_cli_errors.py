@@ -132,6 +132,18 @@ def _refused_classifier_parameters(params):  # passes the schema, refused by SSA
     return "train", "ssa", ["use_sepa and use_sppa are both false"]
 
 
+def _class_weight_of_another_dataset(params):  # its length depends on the prepared dataset
+    params["classifiers"] = {"linear": {"class_weight": [1.0, 2.0, 3.0]}}
+    return "train", "linear", ["linear classifier: class_weight needs 10 positive values"]
+
+
+def _cuda_without_a_gpu(params):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    params["train"]["device"] = "cuda"
+    return "train", "linear", ["device 'cuda' requested but CUDA is not available"]
+
+
 def _evaluate_untrained(params):
     model = _run_dir(params) / "model.pt"
     return "evaluate", "linear", [f"checkpoint {model} not found", "train this run first"]
@@ -139,7 +151,8 @@ def _evaluate_untrained(params):
 
 @pytest.mark.parametrize("case", [_corrupt_last_checkpoint, _corrupt_weights,
                                   _mismatched_weights, _missing_weights,
-                                  _refused_classifier_parameters, _evaluate_untrained],
+                                  _refused_classifier_parameters, _class_weight_of_another_dataset,
+                                  _cuda_without_a_gpu, _evaluate_untrained],
                          ids=lambda case: case.__name__.strip("_"))
 def test_input_errors_end_the_command_with_one_line_and_exit_2(shared, tmp_path, case):
     params = _params(shared, tmp_path)
