@@ -14,7 +14,10 @@
     python -m ssaseg report   --params params/default.yaml
 
 RUN is ``--dataset D --model M --classifier C --seed S``. ``--params`` may be repeated: later
-files override earlier ones. Errors in the inputs end with a one-line message and exit code 2.
+files override earlier ones. Errors in the inputs (:class:`ssaseg.errors.InputError`: bad params,
+missing or corrupt files, weights and checkpoints, a loss that turned non-finite; a file named
+that is not there) end with a one-line message ``error: ...`` and exit code 2; any other
+exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import yaml
 
 from ssaseg.config import ConfigError, RunConfig, all_runs, load_params, resolve_run
+from ssaseg.errors import InputError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -375,30 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _loaded_input_errors() -> tuple[type[Exception], ...]:
-    """Checkpoint errors (one line naming the file) of the modules a command imported: looked up
-    only once raised, so that a command that never loads torch does not import it."""
-    found = []
-    for module, name in (("ssaseg.engine.checkpoint", "CheckpointError"),
-                         ("ssaseg.models.segmentor_checkpoint", "SegmentorCheckpointError")):
-        if module in sys.modules:
-            found.append(getattr(sys.modules[module], name))
-    return tuple(found)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "config" and args.model and None in (args.dataset, args.classifier, args.seed):
         print("error: config for one run needs --dataset, --model, --classifier and --seed",
               file=sys.stderr)
         return 2
-    from ssaseg.data.layout import DatasetError
-    from ssaseg.engine.run_lock import RunLockedError
-
     try:
         return args.func(args)
-    except (ConfigError, DatasetError, RunLockedError, KeyError, FileNotFoundError,
-            *_loaded_input_errors()) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"error: {message}", file=sys.stderr)
+    except (InputError, FileNotFoundError) as exc:  # what the user can fix; anything else is a bug
+        print(f"error: {exc}", file=sys.stderr)
         return 2

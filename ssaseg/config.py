@@ -23,10 +23,12 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ssaseg.errors import InputError
+
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "params.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """A params file is invalid; the message names the file and the key."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ssaseg import atomic_io
+from ssaseg.errors import MissingFileError, UnavailableError
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 
@@ -87,9 +88,9 @@ def experiment_id(client, name: str) -> str:
             if found is None:  # the create failed for another reason
                 raise
     if found.lifecycle_stage != "active":
-        raise RuntimeError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow "
-                           f"experiments restore --experiment-id {found.experiment_id}`) or "
-                           "purge it (`mlflow gc`) before tracking runs in it")
+        raise UnavailableError(f"MLflow experiment {name!r} is deleted; restore it (`mlflow "
+                               f"experiments restore --experiment-id {found.experiment_id}`) or "
+                               "purge it (`mlflow gc`) before tracking runs in it")
     return found.experiment_id
 
 
@@ -154,7 +155,7 @@ class RunTracker:
             self.client.update_run(self.run_id, status="RUNNING")
             return
         if experiment is None:
-            raise FileNotFoundError(
+            raise MissingFileError(
                 f"{id_file} not found: train this run first (it creates the MLflow run)"
             )
         run = self.client.create_run(experiment_id(self.client, experiment), run_name=run_name, tags=dict(tags or {}))
@@ -180,6 +181,12 @@ class RunTracker:
         for i in range(0, len(items), 500):
             self.client.log_batch(self.run_id, metrics=items[i:i + 500])
 
+    def last_logged_step(self, key: str) -> int:
+        """The highest step of metric ``key`` in this run, 0 when it has none. A resumed
+        training run replays the iterations after its checkpoint; those up to this step were
+        logged before it stopped and are not logged again."""
+        return max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=0)
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
@@ -195,6 +202,9 @@ class NullTracker:
     """Stands in for :class:`RunTracker` on non-zero ranks."""
 
     run_id = None
+
+    def last_logged_step(self, key: str) -> int:
+        return 0
 
     def __getattr__(self, name: str):
         return lambda *args, **kwargs: None

@@ -36,6 +36,7 @@ from ssaseg.data.download import (
     move_aside,
     verify,
 )
+from ssaseg.errors import UnknownNameError
 
 log = logging.getLogger(__name__)
 
@@ -188,14 +189,14 @@ class ManualWeightsRequired(DownloadError):
 
 def weights_spec(name: str) -> WeightsSpec:
     if name not in CATALOG:
-        raise KeyError(f"unknown weights {name!r}; known: {', '.join(sorted(CATALOG))}")
+        raise UnknownNameError(f"unknown weights {name!r}; known: {', '.join(sorted(CATALOG))}")
     return CATALOG[name]
 
 
 def weights_for_model(model: str) -> str:
     """The catalog name of the checkpoint a zoo model starts from."""
     if model not in MODEL_WEIGHTS:
-        raise KeyError(f"no pretrained weights for model {model!r}; models with weights: "
+        raise UnknownNameError(f"no pretrained weights for model {model!r}; models with weights: "
                        f"{', '.join(sorted(MODEL_WEIGHTS))}")
     return MODEL_WEIGHTS[model]
 

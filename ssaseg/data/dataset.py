@@ -24,6 +24,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ssaseg.data.layout import DatasetError, read_manifest, read_meta
 from ssaseg.data.transforms import EvalPipeline, TrainPipeline, class_counts
+from ssaseg.errors import ParameterError
 
 
 class Sample(NamedTuple):
@@ -160,7 +161,8 @@ class TrainBatches(Sampler[list[tuple[int, int]]]):
     def __init__(self, num_items: int, batch_size: int, seed: int, start: int, iters: int,
                  rank: int = 0, world_size: int = 1) -> None:
         if batch_size % world_size:
-            raise ValueError(f"batch size {batch_size} is not divisible by {world_size} processes")
+            raise ParameterError(f"train.batch_size {batch_size} is not divisible by {world_size} "
+                                 "processes; make it a multiple of train.gpus")
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.start, self.iters, self.rank, self.world_size = start, iters, rank, world_size
         self._order: tuple[int, torch.Tensor] = (-1, torch.empty(0))

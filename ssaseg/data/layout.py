@@ -21,13 +21,14 @@ import numpy as np
 from PIL import Image
 
 from ssaseg import atomic_io
+from ssaseg.errors import InputError
 
 META = "meta.json"
 MANIFEST = "manifest.json"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError, ValueError):
     """A prepared dataset is missing, incomplete or inconsistent; the message says what to do."""
 
 

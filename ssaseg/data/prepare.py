@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ssaseg.data import ade20k, cityscapes, coco_stuff, pascal_context, synthetic
+from ssaseg.errors import UnknownNameError
 
 PREPARERS: dict[str, Callable[..., dict]] = {
     "synthetic": synthetic.prepare,
@@ -23,5 +24,6 @@ PREPARERS: dict[str, Callable[..., dict]] = {
 def prepare_dataset(name: str, raw_dir: str | Path, out_dir: str | Path, **options) -> dict:
     """Prepare dataset ``name``; returns its manifest."""
     if name not in PREPARERS:
-        raise KeyError(f"unknown dataset {name!r}; known datasets: {', '.join(sorted(PREPARERS))}")
+        raise UnknownNameError(f"unknown dataset {name!r}; known datasets: "
+                               f"{', '.join(sorted(PREPARERS))}")
     return PREPARERS[name](Path(raw_dir), Path(out_dir), **options)

@@ -22,6 +22,7 @@ from PIL import Image
 
 from ssaseg.atomic_io import atomic_directory
 from ssaseg.data.layout import DatasetMeta, write_manifest, write_meta
+from ssaseg.errors import ParameterError
 
 CLASSES = [
     "sky", "building", "tree", "grass", "sand", "water", "road", "car", "person", "sign",
@@ -128,9 +129,9 @@ def prepare(
     counts = {"train": num_train, "val": num_val}
     for key, value in counts.items():
         if value < 1:
-            raise ValueError(f"synthetic: num_{key} must be >= 1, got {value}")
+            raise ParameterError(f"synthetic: num_{key} must be >= 1, got {value}")
     if image_size < 16:
-        raise ValueError(f"synthetic: image_size must be >= 16, got {image_size}")
+        raise ParameterError(f"synthetic: image_size must be >= 16, got {image_size}")
     with atomic_directory(out_dir) as tmp:
         write_meta(tmp, DatasetMeta("synthetic", CLASSES, PALETTE, IGNORE_INDEX))
         for split, count in counts.items():

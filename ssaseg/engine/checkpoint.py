@@ -18,14 +18,12 @@ from typing import Any
 import torch
 
 from ssaseg import atomic_io
+from ssaseg.errors import CheckpointError, MissingFileError, load_failure
+
+__all__ = ["CheckpointError", "LAST", "last_checkpoint", "load", "save"]
 
 LAST = "last.pt"
 _PLAIN = (str, int, float, bool, type(None))
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint cannot be loaded (truncated, corrupt, or holding pickled objects beyond
-    tensors and plain types); the one-line message names the file."""
 
 
 def last_checkpoint(run_dir: str | Path) -> Path:
@@ -59,12 +57,15 @@ def save(path: str | Path, state: dict[str, Any]) -> None:
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint {path} not found: train this run first "
+                               "(`python -m ssaseg train` with the same arguments)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if found is None:  # not a refused object: unreadable bytes
-            raise CheckpointError(f"cannot load checkpoint {path}: {_first_line(exc)}; it is "
+            raise CheckpointError(f"cannot load checkpoint {path}: {load_failure(exc)}; it is "
                                   "corrupt: delete it to start over") from exc
         what = f"a pickled {found.group(1)}"
         raise CheckpointError(
@@ -74,10 +75,5 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         ) from exc
     except Exception as exc:  # torch raises several types for a truncated/corrupt file
         raise CheckpointError(
-            f"cannot load checkpoint {path}: {_first_line(exc)}; delete it to start over"
+            f"cannot load checkpoint {path}: {load_failure(exc)}; delete it to start over"
         ) from exc
-
-
-def _first_line(exc: Exception) -> str:
-    return next((line.strip() for line in str(exc).splitlines() if line.strip()),
-                type(exc).__name__)

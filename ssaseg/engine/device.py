@@ -6,6 +6,8 @@ import contextlib
 
 import torch
 
+from ssaseg.errors import UnavailableError
+
 
 def select_device(name: str = "auto") -> torch.device:
     """``auto`` picks CUDA when present, else the CPU; an unavailable device is an error."""
@@ -13,7 +15,8 @@ def select_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        raise UnavailableError(f"device {name!r} requested but CUDA is not available; use 'auto' "
+                               "or 'cpu'")
     return device
 
 

@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ssaseg.errors import UnavailableError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -54,7 +56,7 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
         return info, device
     if device.type == "cuda":
         if info.local_rank >= torch.cuda.device_count():
-            raise RuntimeError(
+            raise UnavailableError(
                 f"rank {info.rank}: LOCAL_RANK {info.local_rank} but only "
                 f"{torch.cuda.device_count()} GPU(s) visible; set train.gpus (and the job's GPU "
                 "request) to the GPUs of one node"

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ssaseg.config import OptimizerConfig, ScheduleConfig
+from ssaseg.errors import ParameterError
 
 
 def _no_decay(name: str, param: nn.Parameter) -> bool:
@@ -31,7 +32,7 @@ def _layer_scale(model: nn.Module, name: str, rate: float) -> float:
         return 1.0
     backbone = getattr(model, "backbone", None)
     if not callable(getattr(backbone, "layer_decay_id", None)):
-        raise ValueError(f"train.optimizer.layer_decay_rate is {rate}, but the backbone "
+        raise ParameterError(f"train.optimizer.layer_decay_rate is {rate}, but the backbone "
                          f"({type(backbone).__name__}) does not number its layers; set it to 1")
     if not name.startswith("backbone."):
         return 1.0

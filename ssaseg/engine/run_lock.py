@@ -24,13 +24,14 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from ssaseg import atomic_io
+from ssaseg.errors import InputError
 
 LOCK_FILE = ".train.lock"
 OWNER_FILE = ".train.lock.owner"
 GUARD_FILE = ".train.lock.guard"
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(InputError, RuntimeError):
     """Another process is training this run directory; the message says which one."""
 
 

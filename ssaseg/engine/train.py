@@ -15,6 +15,14 @@ logged losses are means over the ranks, and only rank 0 logs to MLflow and write
 Every ``checkpoint_every`` iterations the full state (model, optimiser, scaler, loss history)
 goes to ``<run_dir>/checkpoints/last.pt``; a restarted run continues from there and, since
 batches and dropout draws are a function of (seed, iteration), follows the same loss curve.
+A checkpoint is only written once it is known to be good: its weights and optimiser state are
+finite and the next iteration's forward, which uses exactly those weights, gave a finite loss
+(the write waits for that forward and saves the buffers it changes, BatchNorm statistics and
+ProtoSeg's prototypes, as they were before it). So the "last good checkpoint" a
+:class:`NonFiniteLossError` names never gives NaN on its first step, and a killed run loses at
+most ``checkpoint_every`` + 1 iterations. The iteration, the last step already in the MLflow
+run, and the checkpoint a run resumes from are printed when it does; steps MLflow already has
+(logged before a kill, after the checkpoint) are not logged a second time.
 
 Preemption: SIGTERM or SIGUSR1 (Slurm's time-limit warning, ``--signal``; a preempted or
 cancelled job's SIGTERM) lets the current iteration finish, writes the checkpoint and raises
@@ -47,6 +55,7 @@ from ssaseg.engine import checkpoint, distributed
 from ssaseg.engine.device import amp_dtype, autocast, select_device
 from ssaseg.engine.optim import build_optimizer, set_lr
 from ssaseg.engine.run_lock import RunLock
+from ssaseg.errors import InputError
 from ssaseg.models.zoo import build_segmentor
 from ssaseg.tracking import RUN_ID_FILE, NullTracker, RunTracker, device_tag, git_commit
 
@@ -56,8 +65,9 @@ PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint;
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the message gives the iteration and the last good checkpoint."""
+class NonFiniteLossError(InputError, RuntimeError):
+    """The loss (or the weights) became NaN/inf; the message gives the iteration and the last
+    good checkpoint. An input error: the learning rate or the clipping is what to change."""
 
 
 class Preempted(RuntimeError):
@@ -105,6 +115,22 @@ def _init_worker(worker_id: int) -> None:
 def dropout_seed(seed: int, iteration: int, rank: int = 0) -> int:
     """Seed of the dropout (and other in-model random) draws of one iteration on one rank."""
     return seed * 1_000_003 + iteration + rank * 2**40
+
+
+def all_finite(tensors) -> bool:
+    """Whether every floating-point tensor among ``tensors`` is free of NaN and inf: one
+    max-abs reduction per tensor (NaN propagates through it; no tensor-sized temporary), one
+    device-to-host transfer. 180 M floats (UperNet-Swin-T's weights and AdamW moments) take
+    1.4 s on one shared CPU thread, twice as fast as ``isfinite().all()`` (2026-12-03)."""
+    norms = [torch.linalg.vector_norm(t, float("inf")).float() for t in tensors
+             if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    return bool(torch.isfinite(torch.stack(norms)).all()) if norms else True
+
+
+def optimizer_tensors(optimizer_state: dict) -> list[torch.Tensor]:
+    """The tensors (moments, ...) of an optimiser's ``state_dict()``."""
+    return [v for per_param in optimizer_state["state"].values() for v in per_param.values()
+            if isinstance(v, torch.Tensor)]
 
 
 def pretrained_weights(cfg: RunConfig) -> Path | None:
@@ -185,6 +211,11 @@ def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: t
                   "training from scratch in a new MLflow run", file=sys.stderr)
         distributed.barrier()
         state = None
+    if state is not None and not all_finite([*state["model"].values(),
+                                             *optimizer_tensors(state["optimizer"])]):
+        raise checkpoint.CheckpointError(
+            f"checkpoint {ckpt_path} holds NaN/inf weights or optimiser state (written before "
+            "ssaseg checked them); resuming would give NaN at once: delete it to start over")
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -192,9 +223,16 @@ def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: t
         start, history = state["iteration"], state["history"]
 
     tracker = open_tracker(cfg, device, info.rank)
+    logged = tracker.last_logged_step("loss")  # steps a stopped run already sent to MLflow
+    if info.is_main and (start or logged):
+        what = (f"resuming from {ckpt_path} at iteration {start}" if start else
+                "no checkpoint: starting at iteration 0")
+        note = (f"; MLflow run {tracker.run_id} has steps up to {logged}, not logged again"
+                if logged > start else "")
+        print(f"{cfg.run_name}: {what}{note}", file=sys.stderr, flush=True)
     try:
         model_path = _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start,
-                                 history, tracker, progress, info, stop)
+                                 history, tracker, progress, info, stop, logged)
     except Preempted:
         tracker.finish("KILLED")
         raise
@@ -207,7 +245,9 @@ def _train(cfg: RunConfig, progress: bool, info: distributed.DistInfo, device: t
 
 def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, history, tracker,
                 progress, info: distributed.DistInfo = distributed.DistInfo(),
-                stop: _StopSignals | None = None) -> Path:
+                stop: _StopSignals | None = None, logged: int = 0) -> Path:
+    """Iterations ``start`` .. ``cfg.train.iters``; metrics of steps up to ``logged`` (already in
+    the MLflow run: replayed after a resume) are not logged again."""
     run_dir = Path(cfg.run_dir)
     ckpt_path = checkpoint.last_checkpoint(run_dir)
     meta = dataset.meta
@@ -222,13 +262,41 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def save_checkpoint(step: int) -> None:
+    # The step of the checkpoint on disk, every one of which is good: finite weights and
+    # optimiser state, and a finite loss from the forward that used them.
+    saved = start if start else None
+
+    def last_good() -> str:
+        if saved is None:
+            return "none (no checkpoint yet)"
+        return f"{ckpt_path} (iteration {saved})"
+
+    def save_checkpoint(step: int, buffers: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the state after ``step`` updates (with ``buffers`` as they were then), only if
+        it is finite on every rank."""
+        nonlocal saved
+        weights = raw_model.state_dict()
+        if buffers:
+            weights = {k: buffers.get(k, v) for k, v in weights.items()}
+        optim_state = optimizer.state_dict()
+        finite = all_finite([*weights.values(), *optimizer_tensors(optim_state)])
+        if distributed.mean_over_ranks(torch.tensor([float(finite)], device=device)).item() < 1:
+            raise NonFiniteLossError(
+                f"{cfg.run_name}: the weights or optimiser state are NaN/inf after the update "
+                f"of iteration {step - 1} (not written to a checkpoint); the last good "
+                f"checkpoint is {last_good()}; lower the learning rate or enable grad_clip")
         if info.is_main:
             checkpoint.save(ckpt_path, {
-                "iteration": step, "model": raw_model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "iteration": step, "model": weights,
+                "optimizer": optim_state, "scaler": scaler.state_dict(),
                 "history": history, "config": cfg.to_dict(), "world_size": info.world_size,
             })
+        saved = step
+
+    # A checkpoint due after step s waits for the forward of iteration s to prove its weights
+    # (see the module docstring); ``buffers`` keeps what that forward changes, as it was before.
+    pending: int | None = None
+    buffers: dict[str, torch.Tensor] | None = None
 
     model.train()
     bar = tqdm(total=cfg.train.iters, initial=start, disable=not progress, dynamic_ncols=True,
@@ -240,6 +308,8 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
         lr = set_lr(optimizer, cfg.train.optimizer.lr, iteration, cfg.train.iters,
                     cfg.train.schedule)
         torch.manual_seed(dropout_seed(cfg.seed, iteration, info.rank))
+        if pending == iteration:
+            buffers = {name: b.detach().clone() for name, b in raw_model.named_buffers()}
         with autocast(device, dtype):
             out = model(images, labels)
         losses = {name: value.float() for name, value in out.losses.items()}
@@ -256,10 +326,12 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(
                 f"{cfg.run_name}: loss is {mean_loss} at iteration {iteration} "
-                f"(terms: {mean_terms}); the last good checkpoint "
-                f"is {ckpt_path if ckpt_path.is_file() else 'none (no checkpoint yet)'}; lower "
+                f"(terms: {mean_terms}); the last good checkpoint is {last_good()}; lower "
                 "the learning rate or enable grad_clip"
             )
+        if pending == iteration:  # the weights of step `pending` gave a finite loss
+            save_checkpoint(pending, buffers)
+            pending, buffers = None, None
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if cfg.train.grad_clip is not None:
@@ -274,10 +346,13 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
         history.append(record)
         bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}", refresh=False)
         bar.update(1)
-        if step % cfg.train.log_every == 0 or step == cfg.train.iters or stopping:
+        if step > logged and (step % cfg.train.log_every == 0 or step == cfg.train.iters
+                              or stopping):
             tracker.log_metrics({k: v for k, v in record.items() if k != "iter"}, step=step)
-        if step % cfg.train.checkpoint_every == 0 or step == cfg.train.iters or stopping:
+        if step == cfg.train.iters or stopping:  # no next forward to wait for
             save_checkpoint(step)
+        elif step % cfg.train.checkpoint_every == 0:
+            pending = step
         if stopping and step < cfg.train.iters:
             bar.close()
             distributed.barrier()  # rank 0's checkpoint is on disk before any rank exits

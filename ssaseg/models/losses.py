@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ssaseg.errors import ParameterError
+
 
 def resize_logits(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Bilinear resize of (B, K, h, w) logits to ``size`` (no-op when already that size)."""
@@ -47,7 +49,7 @@ def class_weight_buffer(module: torch.nn.Module, name: str, class_weight, num_cl
     if class_weight is not None:
         values = [float(v) for v in class_weight]
         if len(values) != num_classes or min(values) <= 0:
-            raise ValueError(
+            raise ParameterError(
                 f"{name} classifier: class_weight needs {num_classes} positive values (one per "
                 f"class of the dataset), got {len(values)}"
                 + (f" with minimum {min(values)}" if values else ""))

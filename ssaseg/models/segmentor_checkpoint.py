@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssaseg.errors import InputError
 from ssaseg.models.backbones.checkpoint import OPTIONAL_SUFFIXES
 from ssaseg.models.released_key_tables import (
     CLASSIFIER_HEAD,
@@ -50,7 +51,7 @@ ENVELOPE_KEYS = ("state_dict", "model")
 LISTED = 20  # names shown per category in the one-line message (the exception holds all)
 
 
-class SegmentorCheckpointError(ValueError):
+class SegmentorCheckpointError(InputError, ValueError):
     """A released checkpoint cannot be loaded into the model; one line naming the file."""
 
     def __init__(self, message: str, missing: list[str] = (), unexpected: list[str] = (),

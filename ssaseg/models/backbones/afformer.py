@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssaseg.errors import UnknownNameError
 from ssaseg.models.backbones.checkpoint import load_mapped_state_dict, read_state_dict
 from ssaseg.models.backbones.weight_init import init_backbone_weights
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
@@ -303,7 +304,7 @@ class AFFormer(nn.Module):
     ) -> None:
         super().__init__()
         if arch not in AFFORMER_ARCHS:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown AFFormer arch {arch!r}; known: {', '.join(sorted(AFFORMER_ARCHS))}"
             )
         spec = AFFORMER_ARCHS[arch]

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ssaseg.errors import UnknownNameError
 from ssaseg.models.backbones.checkpoint import load_mapped_state_dict, read_state_dict
 from ssaseg.models.backbones.weight_init import init_backbone_weights
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
@@ -156,7 +157,8 @@ class MSCAN(nn.Module):
     ) -> None:
         super().__init__()
         if arch not in MSCAN_ARCHS:
-            raise KeyError(f"unknown MSCAN arch {arch!r}; known: {', '.join(sorted(MSCAN_ARCHS))}")
+            raise UnknownNameError(f"unknown MSCAN arch {arch!r}; known: "
+                                   f"{', '.join(sorted(MSCAN_ARCHS))}")
         spec = MSCAN_ARCHS[arch]
         self.num_stages = len(spec.depths)
         n = sum(spec.depths)  # stochastic depth rising linearly (no tensors: meta-device safe)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssaseg.errors import UnknownNameError
 from ssaseg.models.backbones.checkpoint import load_mapped_state_dict, read_state_dict
 from ssaseg.models.backbones.weight_init import init_backbone_weights
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
@@ -271,7 +272,7 @@ class SeaFormer(nn.Module):
     ) -> None:
         super().__init__()
         if arch not in SEAFORMER_ARCHS:
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown SeaFormer arch {arch!r}; known: {', '.join(sorted(SEAFORMER_ARCHS))}"
             )
         spec = SEAFORMER_ARCHS[arch]

@@ -137,7 +137,14 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        from ssaseg.errors import CheckpointError, load_failure
+        from ssaseg.models.backbones.checkpoint import require_file
+
+        try:
+            return load_file(str(require_file(path)), device="cpu")
+        except Exception as exc:  # safetensors' own error types for a truncated/corrupt file
+            raise CheckpointError(f"cannot load weights {path}: {load_failure(exc)}; delete it "
+                                  "and fetch it again (`python -m ssaseg fetch-weights`)") from exc
     from ssaseg.models.backbones.checkpoint import read_state_dict
 
     return read_state_dict(path)

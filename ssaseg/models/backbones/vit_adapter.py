@@ -47,7 +47,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from ssaseg.models.backbones.checkpoint import CheckpointMismatchError, require_file
+from ssaseg.models.backbones.checkpoint import (CheckpointMismatchError, mismatch_message,
+                                                 require_file)
 from ssaseg.models.ms_deform_attn import MultiScaleDeformableAttention, reference_grid
 from ssaseg.torchvision_cpu import declare_missing_torchvision_ops
 
@@ -378,10 +379,6 @@ class ViTAdapter(nn.Module):
         wrong = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                        for k in expected & state.keys() if state[k].shape != own[k].shape)
         if missing or unexpected or wrong:
-            lines = [f"{path.name} does not match the ViT of ViTAdapter:"]
-            for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
-                                ("shape mismatches", wrong)):
-                if keys:
-                    lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
-            raise CheckpointMismatchError("\n".join(lines))
+            raise CheckpointMismatchError(mismatch_message(path.name, "the ViT of ViTAdapter",
+                                                           missing, unexpected, wrong))
         self.load_state_dict(state, strict=False)  # strictness checked above

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ssaseg.errors import UnknownNameError
 from ssaseg.models.classifiers.linear import LinearClassifier
 from ssaseg.models.classifiers.protoseg import ProtoSegClassifier
 from ssaseg.models.classifiers.ssa import SSAClassifier
@@ -23,7 +24,7 @@ def build_classifier(
 ) -> nn.Module:
     if name not in CLASSIFIERS:
         known = ", ".join(sorted(CLASSIFIERS))
-        raise KeyError(f"unknown classifier {name!r}; known classifiers: {known}")
+        raise UnknownNameError(f"unknown classifier {name!r}; known classifiers: {known}")
     return CLASSIFIERS[name](
         in_channels=in_channels, num_classes=num_classes, ignore_index=ignore_index, **params
     )

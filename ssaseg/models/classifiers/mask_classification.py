@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssaseg.errors import UnknownNameError
 from ssaseg.models.classifiers.base import ClassifierOutput
 from ssaseg.models.classifiers.linear import PointwiseConv2d
 from ssaseg.models.classifiers.ssa import SSAClassifier
@@ -151,7 +152,7 @@ def build_mask_classifier(name: str, in_channels: int, num_classes: int, ignore_
                           criterion: dict | None = None, **params) -> nn.Module:
     if name not in MASK_CLASSIFIERS:
         known = ", ".join(sorted(MASK_CLASSIFIERS))
-        raise KeyError(f"classifier {name!r} is not defined for a mask-classification head "
+        raise UnknownNameError(f"classifier {name!r} is not defined for a mask-classification head "
                        f"(Mask2Former); known there: {known}")
     return MASK_CLASSIFIERS[name](in_channels, num_classes, ignore_index, criterion=criterion,
                                   **params)

@@ -27,6 +27,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ssaseg.errors import ParameterError
 from ssaseg.models.classifiers.base import ClassifierOutput
 from ssaseg.models.classifiers.sinkhorn import HARD_ASSIGNMENTS, hard_assign, sinkhorn_knopp
 from ssaseg.models.losses import class_weight_buffer, resize_labels, segmentation_cross_entropy
@@ -87,7 +88,7 @@ class ProtoSegClassifier(nn.Module):
             ("prototype_init_std", prototype_init_std, prototype_init_std > 0, "positive"),
         ):
             if not ok:
-                raise ValueError(f"protoseg classifier: {key} must be {rule}, got {value!r}")
+                raise ParameterError(f"protoseg classifier: {key} must be {rule}, got {value!r}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.num_prototypes = num_prototypes

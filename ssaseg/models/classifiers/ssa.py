@@ -47,6 +47,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ssaseg.errors import ParameterError
 from ssaseg.models.boundary import label_boundaries
 from ssaseg.models.classifiers.base import ClassifierOutput
 from ssaseg.models.classifiers.class_centers import (
@@ -149,7 +150,7 @@ class SSAClassifier(nn.Module):
     ) -> None:
         super().__init__()
         if preset not in PRESETS:
-            raise ValueError(f"preset: unknown value {preset!r}; known: {', '.join(PRESETS)}")
+            raise ParameterError(f"preset: unknown value {preset!r}; known: {', '.join(PRESETS)}")
         code_defaults = {"semantic_distill_weight": 10.0, "spatial_distill_weight": 0.4,
                          "boundary_width": 3}
         given = {"semantic_distill_weight": semantic_distill_weight,
@@ -163,20 +164,20 @@ class SSAClassifier(nn.Module):
         boundary_width = int(given["boundary_width"])
 
         if position_basis not in POSITION_BASES:
-            raise ValueError(f"position_basis: unknown value {position_basis!r}; "
+            raise ParameterError(f"position_basis: unknown value {position_basis!r}; "
                              f"known: {', '.join(POSITION_BASES)}")
         if teacher_input not in TEACHER_INPUTS:
-            raise ValueError(f"teacher_input: unknown value {teacher_input!r}; "
+            raise ParameterError(f"teacher_input: unknown value {teacher_input!r}; "
                              f"known: {', '.join(TEACHER_INPUTS)}")
         if not (use_sepa or use_sppa):
-            raise ValueError("use_sepa and use_sppa are both false: that is the `linear` "
+            raise ParameterError("use_sepa and use_sppa are both false: that is the `linear` "
                              "classifier; keep at least one adaptation")
         if boundary_width < 1:
-            raise ValueError(f"boundary_width must be >= 1, got {boundary_width}")
+            raise ParameterError(f"boundary_width must be >= 1, got {boundary_width}")
         if boundary_margin < 0:
-            raise ValueError(f"boundary_margin must be >= 0, got {boundary_margin}")
+            raise ParameterError(f"boundary_margin must be >= 0, got {boundary_margin}")
         if not 0.0 <= distill_smoothing <= 1.0:
-            raise ValueError(f"distill_smoothing must be in [0, 1], got {distill_smoothing}")
+            raise ParameterError(f"distill_smoothing must be in [0, 1], got {distill_smoothing}")
         if in_channels < 2:
             raise ValueError(f"in_channels must be >= 2 (the MLPs halve it), got {in_channels}")
 
