@@ -11,6 +11,8 @@
     python -m ssaseg evaluate --params params/default.yaml RUN
     python -m ssaseg evaluate --params params/ade20k.yaml RUN --checkpoint FILE   released model
     python -m ssaseg profile  --params params/default.yaml RUN
+    python -m ssaseg profile-latency --params params/default.yaml --dataset D --model M --seed S
+                                     paired latency of M with every classifier (+ FLOP floor)
     python -m ssaseg report   --params params/default.yaml
 
 RUN is ``--dataset D --model M --classifier C --seed S``. ``--params`` may be repeated: later
@@ -290,6 +292,69 @@ def cmd_profile(args) -> int:
     return 0
 
 
+def cmd_profile_latency(args) -> int:
+    from ssaseg import atomic_io
+    from ssaseg.config import run_config_from_dict, run_dir
+    from ssaseg.data.layout import read_meta
+    from ssaseg.engine.device import select_device
+    from ssaseg.engine.paired_latency import (BASELINE, RESULT_FILE, TABLE_FILE,
+                                              measure_paired_latency, result_table)
+    from ssaseg.engine.train import MODEL_FILE, load_trained
+    from ssaseg.models.zoo import build_segmentor
+
+    params = _params(args)
+    _dataset_in(params, args.dataset)
+    if BASELINE not in params["classifiers"]:
+        raise ConfigError(f"classifiers: paired latency is measured against {BASELINE!r}, which "
+                          f"this params file lacks (it has {list(params['classifiers'])}); add it")
+    seed = params["seeds"][0] if args.seed is None else args.seed
+    cfgs = {clf: resolve_run(params, args.dataset, args.model, clf, seed)
+            for clf in params["classifiers"]}
+    profile = cfgs[BASELINE].profile
+    device = select_device(profile.device)
+    models = {}
+    for clf, cfg in cfgs.items():
+        if args.untrained:
+            meta = read_meta(cfg.dataset.root)
+            models[clf] = build_segmentor(cfg.model, clf, profile.num_classes or meta.num_classes,
+                                          meta.ignore_index, cfg.classifier_params)
+            continue
+        path = Path(cfg.run_dir) / MODEL_FILE
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist: train {cfg.run_name} first, or pass "
+                              "--untrained to time the architecture without its weights")
+        model, state = load_trained(path, device)
+        if run_config_from_dict(state["config"]).config_hash() != cfg.config_hash():
+            raise ConfigError(f"{path} was trained with other settings than "
+                              f"{' + '.join(args.params)} now gives this run; train it again")
+        if profile.num_classes not in (None, state["num_classes"]):
+            raise ConfigError(f"profile.num_classes is {profile.num_classes} but {path} has "
+                              f"{state['num_classes']} classes; pass --untrained to time the "
+                              f"architecture with {profile.num_classes} classes")
+        models[clf] = model
+    paired = params["paired_latency"]
+    result = measure_paired_latency(
+        models, profile.input_size, device, threads=profile.threads,
+        precision=profile.precision, warmup=paired["warmup"], min_rounds=paired["min_rounds"],
+        max_rounds=paired["max_rounds"], max_seconds=paired["max_seconds"],
+        target_half_width=paired["target_half_width"], check_every=paired["check_every"],
+        seed=paired["seed"], progress=lambda line: print(line, flush=True))
+    result["run"] = {"dataset": args.dataset, "model": args.model, "seed": seed,
+                     "weights": "untrained" if args.untrained else "trained"}
+    out_dir = Path(args.out_dir) if args.out_dir else run_dir(
+        params, args.dataset, args.model, BASELINE, seed).parents[1]
+    atomic_io.write_text(out_dir / TABLE_FILE, result_table(result, args.dataset, args.model))
+    atomic_io.write_json(out_dir / RESULT_FILE, result)  # last: its presence means complete
+    for clf, e in result["classifiers"].items():
+        print(f"{args.model}/{clf}: {e['median_ms']:.1f} ms, x{e['ratio']:.4f} "
+              f"[{e['low']:.4f}, {e['high']:.4f}] vs {BASELINE}, FLOP floor "
+              f"x{e['flops_ratio']:.4f} ({e['floor_verdict']})")
+    print(f"{result['rounds']} rounds, target +-{100 * paired['target_half_width']:g} % "
+          f"{'reached' if result['target_reached'] else 'NOT reached'} "
+          f"({result['stop_reason']}); {result['conditions']['device']}")
+    return 0
+
+
 def cmd_tracking_server(args) -> int:
     from ssaseg.tracking import server_command
 
@@ -301,14 +366,20 @@ def cmd_tracking_server(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from ssaseg.config import run_dir
-    from ssaseg.report import build_report
+    from ssaseg.config import paired_baselines, run_dir
+    from ssaseg.report import PAIRED_LATENCY_FILE, build_report
 
     params = _params(args)
     out_dir = Path(args.out_dir or Path(params["reports_dir"]) / params["name"])
     runs = [run_dir(params, *run) for run in all_runs(params)]
     published = Path(params["published"]) if params.get("published") else None
-    changed = build_report(runs, out_dir, published)
+    paired = [Path(params["results_dir"]) / params["name"] / d / m / PAIRED_LATENCY_FILE
+              for d, m in paired_baselines(params)]
+    for path in paired:
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist: run `python -m ssaseg profile-latency` "
+                              "for that baseline first (the workflow does)")
+    changed = build_report(runs, out_dir, published, paired)
     print(f"report in {out_dir}: {len(changed)} file(s) changed"
           + (f" ({', '.join(p.name for p in changed)})" if changed else ""))
     return 0
@@ -361,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--released", action="store_true", help="the checkpoint that the params' "
                    "checkpoints.<dataset>.<model>.<classifier> names")
     add("profile", cmd_profile, "params, FLOPs, latency, memory of one run's model", run=True)
+    p = add("profile-latency", cmd_profile_latency, "paired latency of one baseline with every "
+            "classifier, ratios to linear with intervals, FLOP floor", dataset=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--seed", type=int, help="whose trained weights to load (default: the first "
+                   "of the params' seeds)")
+    p.add_argument("--untrained", action="store_true", help="time the architecture as deployed "
+                   "(eval mode) without loading trained weights")
+    p.add_argument("--out-dir", help="default: <results_dir>/<name>/<dataset>/<model>")
     p = add("report", cmd_report, "tables and plots from every run of a params file")
     p.add_argument("--out-dir", help="default: <reports_dir>/<name>")
     p = sub.add_parser("tracking-server", help="MLflow server for jobs on a cluster (login node)")

@@ -413,6 +413,16 @@ def all_runs(params: dict) -> list[tuple[str, str, str, int]]:
     ]
 
 
+def paired_baselines(params: dict) -> list[tuple[str, str]]:
+    """Every (dataset, model) whose classifiers are timed together against ``linear``
+    (``python -m ssaseg profile-latency``): none unless the params have linear and another
+    classifier."""
+    classifiers = params["classifiers"]
+    if "linear" not in classifiers or len(classifiers) < 2:
+        return []
+    return [(d, m) for d in params["datasets"] for m in params["models"]]
+
+
 def run_config_from_dict(data: dict) -> RunConfig:
     """Rebuild a RunConfig from :meth:`RunConfig.to_dict` (e.g. stored in a checkpoint)."""
     t = data["train"]

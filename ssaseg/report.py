@@ -11,6 +11,12 @@ temporary directory that replaces the report directory in one swap, so a report 
 mid-way never shows a summary.md beside an older summary.csv. Outputs whose content did not
 change keep their file (same inode, same mtime: Snakemake sees nothing new), and nothing is
 swapped when no output changed.
+
+Paired latency (:func:`paired_latency_section`, ``paired_latency.csv``): per baseline, each
+classifier's median latency from ``python -m ssaseg profile-latency`` (all classifiers timed in
+one process, interleaved), the ratio to linear with its 95 % interval, the FLOP-floor ratio, the
+paper's figure with its source, and one sentence per classifier on what the data shows. That
+ratio, not the per-run latency of the main table (each run timed in its own job), is the result.
 """
 
 from __future__ import annotations
@@ -30,6 +36,15 @@ from ssaseg.engine.train import TRAIN_LOG
 
 EVAL_FILE = "eval.json"
 PROFILE_FILE = "profile.json"
+PAIRED_LATENCY_FILE = "paired_latency.json"  # = ssaseg.engine.paired_latency.RESULT_FILE
+
+# The SSA paper's headline latency cost, used where a baseline has no published pair of
+# latencies (linear and +SSA) of its own in the published-results CSV.
+SSA_PAPER_LATENCY = (1.005, 1.02, "SSA-Seg (arXiv 2405.06525) headline: +0.5-2 % latency, V100, "
+                     "512x512 (as quoted in issue #15)")
+PAIRED_COLUMNS = ["dataset", "model", "classifier", "median_ms", "ratio", "low", "high",
+                  "flops_ratio", "floor_verdict", "paper_ratio", "paper_source", "rounds",
+                  "target_reached"]
 
 
 def _unchanged(path: Path, data: bytes) -> bool:
@@ -143,9 +158,106 @@ def _markdown(table: pd.DataFrame, conditions: list[str]) -> str:
         "(SSA's training-only teacher excluded, as the published tables count). GFLOPs (mmcv): the papers' convention, one multiply-add = one FLOP, "
         "attention matrix products not counted; GFLOPs (full): torch.utils.flop_counter, "
         "2 FLOPs per multiply-add, everything counted.",
+        "Latency (ms) here: each run timed in its own job, so drift between jobs can exceed "
+        "the difference between classifiers; the paired section below times them together.",
         "Latency conditions: " + "; ".join(sorted(set(conditions))) + ".",
     ]
     return "\n".join(lines + notes) + "\n"
+
+
+def _paper_figure(dataset: str, model: str, classifier: str,
+                  published: pd.DataFrame | None) -> tuple[str, str]:
+    """(the published latency ratio to linear as text, its source) for one classifier."""
+    if classifier == "linear":
+        return "1", "baseline"
+    if published is not None and "latency_ms" in published:
+        rows = published[(published.dataset == dataset) & (published.model == model)]
+        lat = dict(zip(rows.classifier, rows.latency_ms))
+        base, ours = lat.get("linear", math.nan), lat.get(classifier, math.nan)
+        if base == base and ours == ours:
+            source = rows[rows.classifier == classifier].source.iloc[0]
+            return f"{ours / base:.3f} ({ours:g} / {base:g} ms)", str(source)
+    if classifier == "ssa":
+        low, high, source = SSA_PAPER_LATENCY
+        return f"{low:.3f}-{high:.3f}", source
+    return "–", "not published (ProtoSeg, arXiv 2203.15102, gives no latency)"
+
+
+def _sentence(model: str, classifier: str, e: dict, target_reached: bool) -> str:
+    """What one paired ratio shows, whichever way it falls."""
+    pct = 100 * (e["ratio"] - 1)
+    interval = f"{100 * (e['low'] - 1):+.1f} % to {100 * (e['high'] - 1):+.1f} %"
+    floor = 100 * (e["flops_ratio"] - 1)
+    if e["low"] > 1:
+        cost = f"{classifier} is slower than linear on {model}: {pct:+.1f} % ({interval})"
+    elif e["high"] < 1:
+        cost = f"{classifier} is faster than linear on {model}: {pct:+.1f} % ({interval})"
+    else:
+        cost = (f"{classifier} and linear on {model} are not distinguishable: {pct:+.1f} % "
+                f"({interval})")
+    verdict = {
+        "above": f"above its FLOP floor ({floor:+.1f} % FLOPs): overhead beyond arithmetic "
+                 "that an implementation could remove",
+        "below": f"below its FLOP floor ({floor:+.1f} % FLOPs): its extra FLOPs cost less "
+                 "time than the model's average FLOP",
+        "at": f"consistent with its FLOP floor ({floor:+.1f} % FLOPs)",
+    }[e["floor_verdict"]]
+    caveat = "" if target_reached else " (the +-2 % interval target was NOT reached)"
+    return f"{cost}, {verdict}{caveat}."
+
+
+def paired_latency_table(results: list[dict], published: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (baseline, classifier) of the paired-latency results."""
+    rows = []
+    for result in results:
+        run = result["run"]
+        for clf, e in result["classifiers"].items():
+            paper, source = _paper_figure(run["dataset"], run["model"], clf, published)
+            rows.append({"dataset": run["dataset"], "model": run["model"], "classifier": clf,
+                         **{k: e[k] for k in ("median_ms", "ratio", "low", "high",
+                                              "flops_ratio", "floor_verdict")},
+                         "paper_ratio": paper, "paper_source": source,
+                         "rounds": result["rounds"], "target_reached": result["target_reached"]})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def paired_latency_section(results: list[dict], published: pd.DataFrame | None = None) -> str:
+    """The Markdown section of the paired latencies (empty when there are none)."""
+    if not results:
+        return ""
+    table = paired_latency_table(results, published)
+    lines = ["", "## Paired latency (ratio to linear)", "",
+             "| dataset | model | classifier | latency (ms, median) | ratio to linear [95 % CI] "
+             "| FLOP floor | vs floor | paper | paper source |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        ratio = ("1 (baseline)" if r.classifier == "linear"
+                 else f"{r.ratio:.4f} [{r.low:.4f}, {r.high:.4f}]")
+        lines.append(f"| {r.dataset} | {r.model} | {r.classifier} | {r.median_ms:.2f} | {ratio} "
+                     f"| {r.flops_ratio:.4f} | {'–' if r.classifier == 'linear' else r.floor_verdict} "
+                     f"| {r.paper_ratio} | {r.paper_source} |")
+    lines.append("")
+    for result in results:
+        for clf, e in result["classifiers"].items():
+            if clf != "linear":
+                lines.append(f"- {_sentence(result['run']['model'], clf, e, result['target_reached'])}")
+    lines.append("")
+    conditions = []
+    for result in results:
+        c, run = result["conditions"], result["run"]
+        conditions.append(
+            f"{run['dataset']}/{run['model']}: batch {c['batch_size']}, "
+            f"{c['input_size'][0]}x{c['input_size'][1]}, {c['precision']}, {c['device']}, "
+            f"{run['weights']} weights, warm-up {c['warmup_rounds']} rounds, {c['rounds']} "
+            f"rounds ({result['stop_reason']}; target +-{100 * result['target_half_width']:g} % "
+            f"{'reached' if result['target_reached'] else 'NOT reached'}), {c['date']}")
+    lines += [
+        "All classifiers of a baseline timed in one process, one pass each per round in a "
+        "seeded shuffled order; ratio = median of the per-round ratios, 95 % BCa bootstrap "
+        "interval over rounds. FLOP floor: full-count FLOPs ratio (torch.utils.flop_counter); "
+        "'above' = the whole interval lies above it. Conditions: " + "; ".join(conditions) + ".",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _plots(runs: pd.DataFrame, table: pd.DataFrame) -> dict[str, bytes]:
@@ -187,13 +299,19 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def build_report(run_dirs: list[Path], out_dir: Path, published_csv: Path | None = None) -> list[Path]:
-    """Write summary.md, summary.csv, runs.csv and the plots; returns the files that changed."""
+def build_report(run_dirs: list[Path], out_dir: Path, published_csv: Path | None = None,
+                 paired_files: list[Path] = ()) -> list[Path]:
+    """Write summary.md, summary.csv, runs.csv, paired_latency.csv and the plots; returns the
+    files that changed. ``paired_files``: the ``paired_latency.json`` of every baseline."""
     runs = collect([Path(d) for d in run_dirs])
     published = pd.read_csv(published_csv) if published_csv else None
     table = summarise(runs, published)
+    paired = [json.loads(Path(p).read_text()) for p in paired_files]
     outputs = {
-        "summary.md": _markdown(table, runs.latency_conditions.tolist()).encode(),
+        "summary.md": (_markdown(table, runs.latency_conditions.tolist())
+                       + paired_latency_section(paired, published)).encode(),
+        "paired_latency.csv": paired_latency_table(paired, published).to_csv(
+            index=False, float_format="%.5f").encode(),
         "summary.csv": table.to_csv(index=False, float_format="%.4f").encode(),
         "runs.csv": runs.drop(columns=["run_dir"]).to_csv(index=False, float_format="%.4f").encode(),
         **_plots(runs, table),

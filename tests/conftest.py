@@ -35,6 +35,7 @@ def miniature_params(tmp_path: Path, **sections) -> dict:
                   "optimizer": {"lr": 1e-3, "head_lr_mult": 1.0},
                   "schedule": {"warmup_iters": 2}},
         "profile": {"input_size": [64, 64], "warmup": 1, "repeats": 2},
+        "paired_latency": {"warmup": 1, "min_rounds": 3, "max_rounds": 4, "check_every": 1},
     }
     for key, value in sections.items():
         params[key] = value

@@ -7,7 +7,7 @@ import sys
 
 from snakemake.utils import validate
 
-from ssaseg.config import all_runs, resolve_run, validate_params
+from ssaseg.config import all_runs, paired_baselines, resolve_run, validate_params
 from ssaseg.data.download import archive_paths
 from ssaseg.weights import CATALOG as WEIGHTS_CATALOG, weights_for_model, weights_path
 
@@ -55,6 +55,12 @@ def run_files(pattern):
         pattern.format(dataset=d, model=m, classifier=c, seed=s)
         for d, m, c, s in all_runs(PARAMS)
     ]
+
+
+def baseline_files(pattern):
+    """`pattern` (with {dataset} and {model}) for every baseline timed by profile_paired_latency
+    (none unless the params have linear and another classifier)."""
+    return [pattern.format(dataset=d, model=m) for d, m in paired_baselines(PARAMS)]
 
 
 def dataset_archives(wildcards):
@@ -110,4 +116,5 @@ def get_final_output():
         f"{REPORTS}/miou_vs_latency.png",
         f"{REPORTS}/loss_curves.png",
         *released_outputs(),
+        f"{REPORTS}/paired_latency.csv",
     ]

@@ -10,11 +10,13 @@ rule build_report:
         metrics=run_files(rules.evaluate_model.output.metrics),
         profiles=run_files(rules.profile_model.output.profile),
         train_logs=run_files(rules.train_model.output.train_log),
+        paired=baseline_files(rules.profile_paired_latency.output.result),
     output:
         summary=f"{REPORTS}/summary.md",
         table=f"{REPORTS}/summary.csv",
         latency_plot=f"{REPORTS}/miou_vs_latency.png",
         loss_plot=f"{REPORTS}/loss_curves.png",
+        paired_latency=f"{REPORTS}/paired_latency.csv",
     params:
         out_dir=lambda wildcards, output: os.path.dirname(output.summary),
     log:
