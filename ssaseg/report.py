@@ -180,7 +180,7 @@ def _paper_figure(dataset: str, model: str, classifier: str,
     if classifier == "ssa":
         low, high, source = SSA_PAPER_LATENCY
         return f"{low:.3f}-{high:.3f}", source
-    return "–", "not published (ProtoSeg, arXiv 2203.15102, gives no latency)"
+    return "–", "not published here (no latency pair in the published-results CSV)"
 
 
 def _sentence(model: str, classifier: str, e: dict, target_reached: bool) -> str:
