@@ -166,24 +166,27 @@ def _markdown(table: pd.DataFrame, conditions: list[str]) -> str:
 
 
 def _paper_figure(dataset: str, model: str, classifier: str,
-                  published: pd.DataFrame | None) -> tuple[str, str]:
-    """(the published latency ratio to linear as text, its source) for one classifier."""
+                  published: pd.DataFrame | None) -> tuple[str, str, tuple[float, float] | None]:
+    """(the published latency ratio to linear as text, its source, its numeric range) for one
+    classifier."""
     if classifier == "linear":
-        return "1", "baseline"
+        return "1", "baseline", None
     if published is not None and "latency_ms" in published:
         rows = published[(published.dataset == dataset) & (published.model == model)]
         lat = dict(zip(rows.classifier, rows.latency_ms))
         base, ours = lat.get("linear", math.nan), lat.get(classifier, math.nan)
         if base == base and ours == ours:
             source = rows[rows.classifier == classifier].source.iloc[0]
-            return f"{ours / base:.3f} ({ours:g} / {base:g} ms)", str(source)
+            return (f"{ours / base:.3f} ({ours:g} / {base:g} ms)", str(source),
+                    (ours / base, ours / base))
     if classifier == "ssa":
         low, high, source = SSA_PAPER_LATENCY
-        return f"{low:.3f}-{high:.3f}", source
-    return "–", "not published here (no latency pair in the published-results CSV)"
+        return f"{low:.3f}-{high:.3f}", source, (low, high)
+    return "–", "not published here (no latency pair in the published-results CSV)", None
 
 
-def _sentence(model: str, classifier: str, e: dict, target_reached: bool) -> str:
+def _sentence(model: str, classifier: str, e: dict, target_reached: bool,
+              paper: tuple[float, float] | None = None) -> str:
     """What one paired ratio shows, whichever way it falls."""
     pct = 100 * (e["ratio"] - 1)
     interval = f"{100 * (e['low'] - 1):+.1f} % to {100 * (e['high'] - 1):+.1f} %"
@@ -202,8 +205,18 @@ def _sentence(model: str, classifier: str, e: dict, target_reached: bool) -> str
                  "time than the model's average FLOP",
         "at": f"consistent with its FLOP floor ({floor:+.1f} % FLOPs)",
     }[e["floor_verdict"]]
-    caveat = "" if target_reached else " (the +-2 % interval target was NOT reached)"
-    return f"{cost}, {verdict}{caveat}."
+    caveat = "" if target_reached else " (the interval target was NOT reached)"
+    versus = ""
+    if paper is not None:
+        lo, hi = paper
+        figure = f"x{lo:.3f}" if lo == hi else f"x{lo:.3f}-{hi:.3f}"
+        if e["low"] > hi:
+            versus = f"; more than the paper's {figure} (GPU)"
+        elif e["high"] < lo:
+            versus = f"; less than the paper's {figure} (GPU)"
+        else:
+            versus = f"; consistent with the paper's {figure} (GPU)"
+    return f"{cost}, {verdict}{versus}{caveat}."
 
 
 def paired_latency_table(results: list[dict], published: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -212,7 +225,7 @@ def paired_latency_table(results: list[dict], published: pd.DataFrame | None = N
     for result in results:
         run = result["run"]
         for clf, e in result["classifiers"].items():
-            paper, source = _paper_figure(run["dataset"], run["model"], clf, published)
+            paper, source, _ = _paper_figure(run["dataset"], run["model"], clf, published)
             rows.append({"dataset": run["dataset"], "model": run["model"], "classifier": clf,
                          **{k: e[k] for k in ("median_ms", "ratio", "low", "high",
                                               "flops_ratio", "floor_verdict")},
@@ -238,9 +251,11 @@ def paired_latency_section(results: list[dict], published: pd.DataFrame | None =
                      f"| {r.paper_ratio} | {r.paper_source} |")
     lines.append("")
     for result in results:
+        run = result["run"]
         for clf, e in result["classifiers"].items():
             if clf != "linear":
-                lines.append(f"- {_sentence(result['run']['model'], clf, e, result['target_reached'])}")
+                paper = _paper_figure(run["dataset"], run["model"], clf, published)[2]
+                lines.append(f"- {_sentence(run['model'], clf, e, result['target_reached'], paper)}")
     lines.append("")
     conditions = []
     for result in results:
@@ -250,7 +265,9 @@ def paired_latency_section(results: list[dict], published: pd.DataFrame | None =
             f"{c['input_size'][0]}x{c['input_size'][1]}, {c['precision']}, {c['device']}, "
             f"{run['weights']} weights, warm-up {c['warmup_rounds']} rounds, {c['rounds']} "
             f"rounds ({result['stop_reason']}; target +-{100 * result['target_half_width']:g} % "
-            f"{'reached' if result['target_reached'] else 'NOT reached'}), {c['date']}")
+            f"{'reached' if result['target_reached'] else 'NOT reached'}), {c['date']}"
+            + (f", load average {c['load_average'][0]:.1f} -> {c['load_average'][1]:.1f}"
+               if c.get("load_average") else ""))
     lines += [
         "All classifiers of a baseline timed in one process, one pass each per round in a "
         "seeded shuffled order; ratio = median of the per-round ratios, 95 % BCa bootstrap "

@@ -93,7 +93,8 @@ def _result(dataset, model, ssa, protoseg, reached=True):
         "stop_reason": "target" if reached else "max_seconds", "seconds": 60.0,
         "conditions": {"batch_size": 1, "input_size": [512, 512], "precision": "fp32",
                        "device": "cpu (x86_64), 1 threads", "threads": 1, "warmup_rounds": 5,
-                       "rounds": 120, "seed": 0, "date": "2026-12-03 09:00 UTC"},
+                       "rounds": 120, "seed": 0, "date": "2026-12-03 09:00 UTC",
+                       "load_average": [7.5, 8.3]},
     }
 
 
@@ -119,11 +120,14 @@ def test_report_section_renders_ratios_floor_paper_and_sentences(tmp_path):
     assert "| segformer_b0 | protoseg |" in text and "not published" in text
     assert "ssa is slower than linear on segnext_t: +4.0 % (+3.0 % to +5.0 %), above its FLOP " \
            "floor (+1.0 % FLOPs)" in text
+    assert "more than the paper's x1.022 (GPU)" in text            # 1.03 > 23.3 / 22.8
+    assert "consistent with the paper's x1.005-1.020 (GPU)" in text  # [0.99, 1.02] overlaps
     assert "protoseg is faster than linear on segnext_t" in text
     assert "ssa and linear on segformer_b0 are not distinguishable" in text
     assert "NOT reached" in text
     assert "batch 1, 512x512, fp32, cpu (x86_64), 1 threads, trained weights" in text
     assert "2026-12-03 09:00 UTC" in text and "120 rounds" in text
+    assert "load average 7.5 -> 8.3" in text
     table = paired_latency_table(results, published)
     assert len(table) == 6 and set(table.classifier) == {"linear", "ssa", "protoseg"}
     assert paired_latency_section([], published) == ""

@@ -22,6 +22,7 @@ small kernels, launches) that an implementation could remove.
 from __future__ import annotations
 
 import datetime
+import os
 import platform
 from collections.abc import Callable, Mapping
 
@@ -97,6 +98,7 @@ def measure_paired_latency(models: Mapping[str, nn.Module], input_size: tuple[in
     images = images.to(device)                                      # (1, 3, H, W)
     flops = {name: count_flops_full(m, images) for name, m in models.items()}
     fns = {name: forward_pass(m, images, precision) for name, m in models.items()}
+    load_before = os.getloadavg()[0]
     timing = timer(fns, BASELINE, warmup=warmup, min_rounds=min_rounds, max_rounds=max_rounds,
                    max_seconds=max_seconds, target_half_width=target_half_width,
                    check_every=check_every, seed=seed, n_resamples=n_resamples,
@@ -128,6 +130,8 @@ def measure_paired_latency(models: Mapping[str, nn.Module], input_size: tuple[in
             "confidence": 0.95, "statistic": "median of per-round ratios, BCa bootstrap",
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "torch": torch.__version__,
+            # 1-minute load average before and after: other processes on the machine
+            "load_average": [load_before, os.getloadavg()[0]], "cpu_count": os.cpu_count(),
         },
     }
 
