@@ -39,6 +39,15 @@ def test_workflow_produces_the_report(pipeline_run):
     assert "| synthetic | segformer_b0 | linear |" in summary
     assert "| synthetic | segformer_b0 | ssa |" in summary
     assert "Latency conditions: batch 1, 64x64, fp32" in summary
+    # the paired latency of the baseline: both classifiers' trained weights, in one process
+    assert "## Paired latency (ratio to linear)" in summary
+    assert "| synthetic | segformer_b0 | ssa |" in summary.split("## Paired latency")[1]
+    paired = json.loads((tmp / "results/mini/synthetic/segformer_b0/paired_latency.json")
+                        .read_text())
+    assert paired["run"]["weights"] == "trained" and set(paired["classifiers"]) == {"linear",
+                                                                                    "ssa"}
+    assert (report / "paired_latency.csv").read_text().count("\n") == 3
+    assert (tmp / "logs/mini/paired_latency/synthetic/segformer_b0.log").is_file()
     for clf in ("linear", "ssa"):
         ev = json.loads((tmp / "results/mini/synthetic/segformer_b0" / clf / "seed0/eval.json")
                         .read_text())
