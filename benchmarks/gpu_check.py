@@ -226,15 +226,21 @@ def item_memory(args, device, results) -> None:
 
 
 def item_fp16_stability(args, device, results) -> None:
-    """4. fp16 steps of ssa and protoseg: losses and unscaled gradients finite."""
+    """4. fp16 steps of ssa and protoseg: losses and unscaled gradients finite.
+
+    A GradScaler starts at scale 65536 and halves it, skipping that step, whenever the scaled
+    gradients overflow: inf gradients on a few skipped steps are the scaler working, not an
+    instability. Passes when every loss term is finite at every step, at most
+    max(5, steps / 10) steps were skipped, and the scale did not collapse (>= 1); every skipped
+    step is listed with the first parameters whose gradient overflowed."""
     out = results.setdefault("fp16_stability", [])
     images, labels = scene_batch(args.batch, args.size, args.classes, device, seed=1)
     model_name = args.models[0]
     for c in ("ssa", "protoseg"):
         model = build(model_name, c, args.classes, device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=6e-5)
-        scaler = torch.amp.GradScaler("cuda")
-        bad_losses, bad_grads, skipped = [], [], 0
+        scaler = torch.amp.GradScaler(device.type)
+        bad_losses, skipped = [], []
         for i in range(args.fp16_steps):
             with autocast(device, torch.float16):
                 outputs = model(images, labels)
@@ -243,22 +249,25 @@ def item_fp16_stability(args, device, results) -> None:
                            if not torch.isfinite(v)]
             opt.zero_grad(set_to_none=True)
             scaler.scale(sum(terms.values())).backward()
+            scale = scaler.get_scale()
             scaler.unscale_(opt)
             bad = [n for n, p in model.named_parameters()
                    if p.grad is not None and not torch.isfinite(p.grad).all()]
-            bad_grads += [f"step {i}: {n}" for n in bad[:3]]
-            scale_before = scaler.get_scale()
             scaler.step(opt)
             scaler.update()
-            skipped += scaler.get_scale() < scale_before
+            if bad:
+                skipped.append(f"step {i} (scale {scale:g}): {', '.join(bad[:3])}")
         sync(device)
+        final_scale = scaler.get_scale()
         row = {"model": model_name, "classifier": c, "steps": args.fp16_steps,
-               "finite": not bad_losses and not bad_grads, "non_finite_losses": bad_losses[:10],
-               "non_finite_grads": bad_grads[:10], "scaler_skipped_steps": int(skipped),
-               "final_scale": scaler.get_scale()}
+               "finite": (not bad_losses and len(skipped) <= max(5, args.fp16_steps // 10)
+                          and final_scale >= 1),
+               "non_finite_losses": bad_losses[:10], "skipped_steps": skipped[:20],
+               "skipped": len(skipped), "final_scale": final_scale}
         out.append(row)
-        log(f"4. fp16 {model_name}/{c}: {args.fp16_steps} steps, finite={row['finite']}, "
-            f"skipped {skipped}")
+        log(f"4. fp16 {model_name}/{c}: {args.fp16_steps} steps, pass={row['finite']}, "
+            f"{len(bad_losses)} non-finite loss terms, {len(skipped)} step(s) skipped by the "
+            f"scaler, final scale {final_scale:g}")
         del model, opt
 
 
@@ -509,11 +518,15 @@ def markdown(results: dict) -> str:
         lines.append("")
     if results.get("fp16_stability"):
         lines += ["## 4. fp16 training (GradScaler)", "",
-                  "| model | classifier | steps | all finite | scaler-skipped steps |",
-                  "|---|---|---|---|---|"]
+                  "| model | classifier | steps | pass | non-finite loss terms | "
+                  "steps skipped by the scaler | final scale |",
+                  "|---|---|---|---|---|---|---|"]
         for r in results["fp16_stability"]:
             lines.append(f"| {r['model']} | {r['classifier']} | {r['steps']} | {r['finite']} | "
-                         f"{r['scaler_skipped_steps']} |")
+                         f"{len(r['non_finite_losses'])} | {r['skipped']} | "
+                         f"{r['final_scale']:g} |")
+        lines += ["", "Pass: every loss term finite, at most max(5, steps/10) overflow steps "
+                  "skipped by the GradScaler (its calibration from 65536), scale >= 1."]
         lines.append("")
     if results.get("compile"):
         lines += ["## 5. torch.compile (inference)", "",
