@@ -448,8 +448,8 @@ def item_pipeline(args, device, results) -> None:
            "--directory", str(work), "--workflow-profile", "none", "--cores", "4",
            "--configfile", str(REPO / "params/default.yaml"), str(override)]
     log("7. pipeline: " + " ".join(cmd))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
-                                                                      os.environ.get("PYTHONPATH")]))}
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path}
     started = time.monotonic()
     try:
         done = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True,
@@ -541,7 +541,8 @@ def markdown(results: dict) -> str:
         lines += ["## 6. DDP (2 processes, NCCL) vs 1 process", "", results["ddp"]["status"], ""]
         for r in results["ddp"].get("rows", []):
             lines.append(f"- {r['classifier']}: {r['status']}; equal: {r.get('equal')}; "
-                         f"parameter update differs by {_fmt(r.get('rel_update_diff', math.nan), 6)}"
+                         "parameter update differs by "
+                         f"{_fmt(r.get('rel_update_diff', math.nan), 6)}"
                          f" (relative, all parameters; tolerance {r.get('tolerance')}), "
                          f"{_fmt(r.get('median_rel_update_diff', math.nan), 6)} median over "
                          f"tensors; buffers at most "

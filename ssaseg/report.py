@@ -219,7 +219,8 @@ def _sentence(model: str, classifier: str, e: dict, target_reached: bool,
     return f"{cost}, {verdict}{versus}{caveat}."
 
 
-def paired_latency_table(results: list[dict], published: pd.DataFrame | None = None) -> pd.DataFrame:
+def paired_latency_table(results: list[dict],
+                         published: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per (baseline, classifier) of the paired-latency results."""
     rows = []
     for result in results:
@@ -246,16 +247,17 @@ def paired_latency_section(results: list[dict], published: pd.DataFrame | None =
     for r in table.itertuples():
         ratio = ("1 (baseline)" if r.classifier == "linear"
                  else f"{r.ratio:.4f} [{r.low:.4f}, {r.high:.4f}]")
+        verdict = "–" if r.classifier == "linear" else r.floor_verdict
         lines.append(f"| {r.dataset} | {r.model} | {r.classifier} | {r.median_ms:.2f} | {ratio} "
-                     f"| {r.flops_ratio:.4f} | {'–' if r.classifier == 'linear' else r.floor_verdict} "
-                     f"| {r.paper_ratio} | {r.paper_source} |")
+                     f"| {r.flops_ratio:.4f} | {verdict} | {r.paper_ratio} | {r.paper_source} |")
     lines.append("")
     for result in results:
         run = result["run"]
         for clf, e in result["classifiers"].items():
             if clf != "linear":
                 paper = _paper_figure(run["dataset"], run["model"], clf, published)[2]
-                lines.append(f"- {_sentence(run['model'], clf, e, result['target_reached'], paper)}")
+                sentence = _sentence(run["model"], clf, e, result["target_reached"], paper)
+                lines.append(f"- {sentence}")
     lines.append("")
     conditions = []
     for result in results:

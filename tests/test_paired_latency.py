@@ -115,8 +115,8 @@ def test_report_section_renders_ratios_floor_paper_and_sentences(tmp_path):
     assert "| ade20k | segnext_t | ssa | 104.00 | 1.0400 [1.0300, 1.0500] | 1.0100 | above " \
            "| 1.022 (23.3 / 22.8 ms) | SSA README |" in text
     # no published pair for segformer_b0: the paper's headline figure and its source
-    assert re.search(r"\| segformer_b0 \| ssa \|.*\| 1\.005-1\.020 \| SSA-Seg \(arXiv 2405\.06525\)",
-                     text)
+    assert re.search(r"\| segformer_b0 \| ssa \|.*\| 1\.005-1\.020 \| "
+                     r"SSA-Seg \(arXiv 2405\.06525\)", text)
     assert "| segformer_b0 | protoseg |" in text and "not published" in text
     assert "ssa is slower than linear on segnext_t: +4.0 % (+3.0 % to +5.0 %), above its FLOP " \
            "floor (+1.0 % FLOPs)" in text
