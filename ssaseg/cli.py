@@ -300,6 +300,7 @@ def cmd_profile_latency(args) -> int:
     from ssaseg.engine.paired_latency import (BASELINE, RESULT_FILE, TABLE_FILE,
                                               measure_paired_latency, result_table)
     from ssaseg.engine.train import MODEL_FILE, load_trained
+    from ssaseg.errors import MissingFileError, ParameterError
     from ssaseg.models.zoo import build_segmentor
 
     params = _params(args)
@@ -321,14 +322,14 @@ def cmd_profile_latency(args) -> int:
             continue
         path = Path(cfg.run_dir) / MODEL_FILE
         if not path.is_file():
-            raise ConfigError(f"{path} does not exist: train {cfg.run_name} first, or pass "
+            raise MissingFileError(f"{path} does not exist: train {cfg.run_name} first, or pass "
                               "--untrained to time the architecture without its weights")
         model, state = load_trained(path, device)
         if run_config_from_dict(state["config"]).config_hash() != cfg.config_hash():
             raise ConfigError(f"{path} was trained with other settings than "
                               f"{' + '.join(args.params)} now gives this run; train it again")
         if profile.num_classes not in (None, state["num_classes"]):
-            raise ConfigError(f"profile.num_classes is {profile.num_classes} but {path} has "
+            raise ParameterError(f"profile.num_classes is {profile.num_classes} but {path} has "
                               f"{state['num_classes']} classes; pass --untrained to time the "
                               f"architecture with {profile.num_classes} classes")
         models[clf] = model
@@ -367,6 +368,7 @@ def cmd_tracking_server(args) -> int:
 
 def cmd_report(args) -> int:
     from ssaseg.config import paired_baselines, run_dir
+    from ssaseg.errors import MissingFileError
     from ssaseg.report import PAIRED_LATENCY_FILE, build_report
 
     params = _params(args)
@@ -377,8 +379,8 @@ def cmd_report(args) -> int:
               for d, m in paired_baselines(params)]
     for path in paired:
         if not path.is_file():
-            raise ConfigError(f"{path} does not exist: run `python -m ssaseg profile-latency` "
-                              "for that baseline first (the workflow does)")
+            raise MissingFileError(f"{path} does not exist: run `python -m ssaseg "
+                                   "profile-latency` for that baseline first (the workflow does)")
     changed = build_report(runs, out_dir, published, paired)
     print(f"report in {out_dir}: {len(changed)} file(s) changed"
           + (f" ({', '.join(p.name for p in changed)})" if changed else ""))
