@@ -346,6 +346,17 @@ def cmd_profile_latency(args) -> int:
         params, args.dataset, args.model, BASELINE, seed).parents[1]
     atomic_io.write_text(out_dir / TABLE_FILE, result_table(result, args.dataset, args.model))
     atomic_io.write_json(out_dir / RESULT_FILE, result)  # last: its presence means complete
+    if not args.untrained:  # each trained run's MLflow run gets its paired figures
+        from ssaseg.tracking import RunTracker
+
+        for clf, e in result["classifiers"].items():
+            tracker = RunTracker(cfgs[clf].tracking_uri, cfgs[clf].run_dir)
+            tracker.log_metrics({"paired_latency_ms": e["median_ms"],
+                                 "latency_ratio_vs_linear": e["ratio"],
+                                 "latency_ratio_vs_linear_low": e["low"],
+                                 "latency_ratio_vs_linear_high": e["high"],
+                                 "flops_ratio_vs_linear": e["flops_ratio"]})
+            tracker.finish()
     for clf, e in result["classifiers"].items():
         print(f"{args.model}/{clf}: {e['median_ms']:.1f} ms, x{e['ratio']:.4f} "
               f"[{e['low']:.4f}, {e['high']:.4f}] vs {BASELINE}, FLOP floor "

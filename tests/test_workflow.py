@@ -82,7 +82,8 @@ def test_mlflow_holds_one_run_per_model_classifier_seed(pipeline_run):
         # the precision switch and what it meant on this machine (auto: fp32 on the CPU)
         assert data.params["train.amp"] == "auto" and data.tags["precision"] == "fp32"
         for metric in ("loss", "miou", "pixel_accuracy", "latency_ms_median", "flops_full",
-                       "params_total", "peak_memory_mb"):
+                       "params_total", "peak_memory_mb", "latency_ratio_vs_linear",
+                       "latency_ratio_vs_linear_low", "flops_ratio_vs_linear"):
             assert metric in data.metrics, metric
         assert len(client.get_metric_history(run.info.run_id, "loss")) == 6  # one per step
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
