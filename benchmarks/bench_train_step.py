@@ -1,0 +1,262 @@
+"""Whole-model training step of each classifier against the linear one, with its FLOP floor.
+
+One step = ``zero_grad``, forward with labels, backward of the total loss, AdamW step, of the
+whole Segmentor (backbone + head + classifier). For each baseline the classifiers (default
+linear, ssa, protoseg) share the backbone and head weights and are timed in ONE process,
+interleaved: every round runs each once, in an order shuffled per round by a seeded RNG
+(:func:`ssaseg.paired_timing.time_paired`); the ratio to linear is the median over rounds of
+the per-round ratio, with a 95 % bootstrap interval over rounds (scipy, BCa, seeded). Beside it:
+
+- full FLOPs ratio: torch.utils.flop_counter (2 FLOPs per multiply-add, matmuls included) over
+  the forward AND backward of one step at the timed batch (AdamW's element-wise update and the
+  loss reductions barely register);
+- peak memory ratio: the peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``)
+  of a fresh subprocess per (baseline, classifier) that builds the model and runs 2 steps,
+  reported whole and as the increment over the RSS just before the first step (imports, model
+  and batch excluded): that increment is what the training step itself holds at its peak.
+
+From the repository root:
+
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_train_step                    # B0 and SegNeXt-T
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_train_step --models segformer_b0 --rounds 10
+    HF_HUB_OFFLINE=1 python -m benchmarks.bench_train_step --profile --models segformer_b0
+
+``--profile`` prints, instead of timing, one profiled step of each classifier (torch.profiler,
+after a warm-up step) and the operators where ssa's step differs most from linear's (self CPU
+time; call counts). The tables below were measured this way.
+
+Where ssa's step went BEFORE the optimisation (commit 43e3e1f; SegFormer-B0, 512 x 512, batch 2,
+150 classes, 2 threads, fp32, glibc's default allocator; 2026-12-03, 2 cores shared with other
+agents; one profiled step each, so single milliseconds are noise), top operators by the
+difference of self CPU time, ssa - linear:
+
+    PROFILE_BEFORE
+
+After the optimisation (same conditions):
+
+    PROFILE_AFTER
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from ssaseg.engine.flops import count_params
+from ssaseg.models.zoo import MODELS, build_segmentor
+from ssaseg.paired_timing import time_paired
+
+IGNORE = 255
+
+
+def scene_labels(batch: int, size: int, classes: int, per_image: int, seed: int) -> torch.Tensor:
+    """(B, size, size) label maps like scene parsing: each image uses ``per_image`` of the K
+    classes on a 16 x 16 grid of cells (nearest-upsampled), 5 % of the cells ignored."""
+    gen = torch.Generator().manual_seed(seed)
+    subset = torch.stack([torch.randperm(classes, generator=gen)[:per_image] for _ in range(batch)])
+    cells = subset.gather(1, torch.randint(per_image, (batch, 256), generator=gen))
+    cells = cells.view(batch, 16, 16)
+    cells[torch.rand(cells.shape, generator=gen) < 0.05] = IGNORE
+    return cells.repeat_interleave(size // 16, 1).repeat_interleave(size // 16, 2)
+
+
+def build_variants(model: str, classifiers: list[str], classes: int, seed: int = 0):
+    """One Segmentor per classifier, backbone and head weights copied from the first, each with
+    its own AdamW."""
+    models = {}
+    for name in classifiers:
+        torch.manual_seed(seed)
+        models[name] = build_segmentor(model, name, classes).train()
+    shared = {k: v for k, v in models[classifiers[0]].state_dict().items()
+              if not k.startswith("classifier.")}
+    for m in models.values():
+        m.load_state_dict(shared, strict=False)
+    return {name: (m, torch.optim.AdamW(m.parameters(), lr=1e-4)) for name, m in models.items()}
+
+
+def make_step(model: torch.nn.Module, optimizer, images, labels):
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        model(images, labels).total_loss.backward()
+        optimizer.step()
+    return step
+
+
+def batch(args) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(1)
+    images = torch.randn(args.batch, 3, args.size, args.size, generator=gen)
+    labels = scene_labels(args.batch, args.size, args.classes, args.classes_per_image, seed=2)
+    return images, labels
+
+
+def step_flops(model: torch.nn.Module, images, labels) -> int:
+    """Forward + backward FLOPs of one training step (torch's counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.zero_grad(set_to_none=True)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        model(images, labels).total_loss.backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def memory_probe(args) -> None:
+    """Subprocess entry: build one variant, run 2 steps, print RSS figures as JSON (KiB)."""
+    torch.set_num_threads(args.threads)
+    (model, optimizer), = build_variants(args.models[0], args.classifiers, args.classes).values()
+    images, labels = batch(args)
+    before = rss_kib()
+    step = make_step(model, optimizer, images, labels)
+    step()
+    step()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"peak_kib": peak, "before_kib": before}))
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def peak_memory(model: str, classifier: str, args) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.bench_train_step", "--memory-probe",
+           "--models", model, "--classifiers", classifier, "--size", str(args.size),
+           "--batch", str(args.batch), "--classes", str(args.classes),
+           "--classes-per-image", str(args.classes_per_image), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def profile(args) -> None:
+    """One profiled step per classifier; the operators where each differs most from the
+    first (linear)."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    images, labels = batch(args)
+    for model_name in args.models:
+        variants = build_variants(model_name, args.classifiers, args.classes)
+        tables = {}
+        for name, (model, optimizer) in variants.items():
+            step = make_step(model, optimizer, images, labels)
+            step()  # warm-up
+            with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+                start = time.perf_counter()
+                step()
+                wall = time.perf_counter() - start
+            tables[name] = ({e.key: (e.self_cpu_time_total / 1000, e.count)
+                             for e in prof.key_averages()}, wall)
+        base_name = args.classifiers[0]
+        base, base_wall = tables[base_name]
+        for name in args.classifiers[1:]:
+            ops, wall = tables[name]
+            total = sum(v[0] for v in ops.values())
+            base_total = sum(v[0] for v in base.values())
+            print(f"\n{model_name}: {name} - {base_name}, one step: wall {wall:.2f} s vs "
+                  f"{base_wall:.2f} s, self CPU total {total / 1000:.2f} s vs "
+                  f"{base_total / 1000:.2f} s (difference {(total - base_total) / 1000:.2f} s)")
+            print(f"| operator | {name} self CPU ms | {base_name} self CPU ms | difference ms | "
+                  f"calls {name} / {base_name} |\n|---|---|---|---|---|")
+            diffs = sorted(set(ops) | set(base),
+                           key=lambda k: -(ops.get(k, (0, 0))[0] - base.get(k, (0, 0))[0]))
+            for key in diffs[: args.profile_rows]:
+                a, b = ops.get(key, (0.0, 0)), base.get(key, (0.0, 0))
+                print(f"| {key} | {a[0]:.0f} | {b[0]:.0f} | {a[0] - b[0]:+.0f} | "
+                      f"{a[1]} / {b[1]} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=["segformer_b0", "segnext_t"],
+                        help=f"baselines by name ({', '.join(MODELS)})")
+    parser.add_argument("--classifiers", nargs="+", default=["linear", "ssa", "protoseg"],
+                        help="the first is the baseline of every ratio")
+    parser.add_argument("--size", type=int, default=512, help="input side")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--classes", type=int, default=150)
+    parser.add_argument("--classes-per-image", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds")
+    parser.add_argument("--rounds", type=int, default=12, help="timed rounds at least")
+    parser.add_argument("--max-rounds", type=int, default=30)
+    parser.add_argument("--max-seconds", type=float, default=240.0,
+                        help="per baseline; stops adding rounds after this")
+    parser.add_argument("--target-half-width", type=float, default=0.02)
+    parser.add_argument("--seed", type=int, default=0, help="order of each round")
+    parser.add_argument("--no-memory", action="store_true", help="skip the RSS subprocesses")
+    parser.add_argument("--no-flops", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="profile instead of timing")
+    parser.add_argument("--profile-rows", type=int, default=15)
+    parser.add_argument("--memory-probe", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_probe:
+        return memory_probe(args)
+    torch.set_num_threads(args.threads)
+    if args.profile:
+        return profile(args)
+
+    base_name = args.classifiers[0]
+    print(f"training step (zero_grad, forward, backward, AdamW step), {args.batch} x "
+          f"{args.size} x {args.size}, K = {args.classes}, {args.classes_per_image} classes per "
+          f"image, CPU, {torch.get_num_threads()} threads, fp32, torch {torch.__version__}, "
+          f"MALLOC_* env: {sorted(k for k in os.environ if k.startswith('MALLOC_')) or 'none'}; "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    images, labels = batch(args)
+    for model_name in args.models:
+        variants = build_variants(model_name, args.classifiers, args.classes)
+        flops = {} if args.no_flops else {
+            name: step_flops(m, images, labels) for name, (m, _) in variants.items()}
+        fns = {name: make_step(m, opt, images, labels) for name, (m, opt) in variants.items()}
+        timing = time_paired(fns, baseline=base_name, warmup=args.warmup,
+                             min_rounds=args.rounds, max_rounds=args.max_rounds,
+                             max_seconds=args.max_seconds,
+                             target_half_width=args.target_half_width, check_every=4,
+                             seed=args.seed,
+                             progress=lambda line: print("  " + line, file=sys.stderr))
+        params = {name: count_params(m, deployed=False) for name, (m, _) in variants.items()}
+        del variants, fns
+        memory = {} if args.no_memory else {
+            name: peak_memory(model_name, name, args) for name in args.classifiers}
+        print(f"\n{model_name}: {timing.rounds} rounds after {timing.warmup} warm-up "
+              f"(stopped: {timing.stop_reason}), order shuffled per round (seed {timing.seed}); "
+              f"ratio = median of per-round ratios to {base_name}, 95 % bootstrap interval "
+              f"(BCa); FLOPs fwd + bwd of one step; peak RSS of a subprocess running 2 steps, "
+              f"whole (increment over the RSS before the first step)")
+        print("| classifier | step s (median) | ratio to linear (95 % CI) | full GFLOPs, ratio | "
+              "peak RSS GiB, ratio | step's RSS increment GiB, ratio | params M |\n"
+              "|---|---|---|---|---|---|---|")
+        for name in args.classifiers:
+            if name == base_name:
+                ratio = "1.00"
+            else:
+                r = timing.ratios[name]
+                ratio = f"**{r.ratio:.2f}** ({r.low:.2f}-{r.high:.2f})"
+            fl = (f"{flops[name] / 1e9:.1f}, {flops[name] / flops[base_name]:.2f}"
+                  if flops else "-")
+            if memory:
+                peak, base_peak = memory[name]["peak_kib"], memory[base_name]["peak_kib"]
+                inc = memory[name]["peak_kib"] - memory[name]["before_kib"]
+                base_inc = memory[base_name]["peak_kib"] - memory[base_name]["before_kib"]
+                mem = (f"{peak / 2**20:.2f}, {peak / base_peak:.2f} | "
+                       f"{inc / 2**20:.2f}, {inc / base_inc:.2f}")
+            else:
+                mem = "- | -"
+            print(f"| {name} | {timing.median_ms[name] / 1000:.2f} | {ratio} | {fl} | {mem} | "
+                  f"{params[name] / 1e6:.2f} |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
