@@ -58,14 +58,17 @@ from ssaseg.models.classifiers.class_centers import (
 )
 from ssaseg.models.classifiers.cosine import cosine_logits
 from ssaseg.models.classifiers.linear import LinearClassifier
-from ssaseg.models.dice import dice_loss
 from ssaseg.models.distillation import (
     relation_distillation_loss,
     response_distillation_loss,
     soft_cross_entropy,
 )
-from ssaseg.models.losses import resize_labels, resize_logits, segmentation_cross_entropy
+from ssaseg.models.losses import resize_labels
 from ssaseg.models.mixed_precision import autocast_off
+from ssaseg.models.upsampled_losses import (
+    upsampled_cross_entropy,
+    upsampled_cross_entropy_and_dice,
+)
 
 # Arguments whose value differs between the reference code (the defaults) and the paper.
 PRESETS: dict[str, dict[str, float | int]] = {
@@ -326,15 +329,17 @@ class SSAClassifier(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """All terms in fp32 (autocast off), each multiplied by its weight."""
         with autocast_off(logits.device.type):
-            size = tuple(labels.shape[-2:])
             logits, teacher_logits = logits.float(), teacher_logits.float()  # (B, K, h, w)
-            up_logits = resize_logits(logits, size)  # (B, K, H, W)
-            up_teacher = resize_logits(teacher_logits, size)  # (B, K, H, W)
             ignore = self.ignore_index
+            # each full-resolution map (student, coarse, teacher) is upsampled tile by tile
+            # inside its loss, cross-entropy and Dice from the same tiles
+            ce, dice = upsampled_cross_entropy_and_dice(logits, labels, ignore, self.dice_smooth)
+            teacher_ce, teacher_dice = upsampled_cross_entropy_and_dice(
+                teacher_logits, labels, ignore, self.dice_smooth)
             terms = {
-                "ce": segmentation_cross_entropy(up_logits, labels, ignore),
-                "coarse_ce": segmentation_cross_entropy(coarse.float(), labels, ignore),
-                "teacher_ce": segmentation_cross_entropy(up_teacher, labels, ignore),
+                "ce": ce,
+                "coarse_ce": upsampled_cross_entropy(coarse.float(), labels, ignore),
+                "teacher_ce": teacher_ce,
             }
             if self.response_distill:
                 boundary = label_boundaries(small_labels, self.boundary_width, self.boundary_margin)
@@ -342,8 +347,8 @@ class SSAClassifier(nn.Module):
                     logits, teacher_logits.detach(), small_labels, boundary, ignore,
                     self.distill_smoothing,
                 )
-            terms["dice"] = dice_loss(up_logits, labels, ignore, self.dice_smooth)
-            terms["teacher_dice"] = dice_loss(up_teacher, labels, ignore, self.dice_smooth)
+            terms["dice"] = dice
+            terms["teacher_dice"] = teacher_dice
             if self.semantic_distill:
                 terms["semantic_distill"] = relation_distillation_loss(
                     sem, gt_sem.detach(), self.relation_temperature
