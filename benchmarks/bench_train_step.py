@@ -25,12 +25,43 @@ From the repository root:
 after a warm-up step) and the operators where ssa's step differs most from linear's (self CPU
 time; call counts). The tables below were measured this way.
 
-Where ssa's step went BEFORE the optimisation (commit 43e3e1f; SegFormer-B0, 512 x 512, batch 2,
+Where ssa's step went BEFORE the optimisation (ssa.py as of commit 43e3e1f; SegFormer-B0, 512 x 512, batch 2,
 150 classes, 2 threads, fp32, glibc's default allocator; 2026-12-03, 2 cores shared with other
 agents; one profiled step each, so single milliseconds are noise), top operators by the
 difference of self CPU time, ssa - linear:
 
-    PROFILE_BEFORE
+    one step: wall 22.01 s (ssa) vs 8.68 s (linear) under the profiler, self CPU total 21.89 s
+    vs 8.63 s (difference 13.26 s); the machine was loaded (load average ~5 on 2 cores).
+
+    | operator | ssa self CPU ms | linear self CPU ms | difference ms | calls ssa / linear |
+    |---|---|---|---|---|
+    | aten::_log_softmax | 2498 | 189 | +2308 | 5 / 1 |
+    | aten::_log_softmax_backward_data | 1821 | 224 | +1597 | 5 / 1 |
+    | aten::fill_ | 1093 | 275 | +817 | 133 / 72 |
+    | aten::upsample_bilinear2d | 1117 | 338 | +780 | 7 / 5 |
+    | aten::sqrt | 781 | 14 | +767 | 210 / 193 |
+    | aten::upsample_bilinear2d_backward | 1384 | 668 | +716 | 7 / 5 |
+    | aten::add | 729 | 186 | +543 | 63 / 25 |
+    | aten::convolution_backward | 2144 | 1628 | +515 | 24 / 23 |
+    | aten::mul_ | 446 | 17 | +429 | 424 / 386 |
+    | aten::bmm | 465 | 52 | +413 | 14 / 2 |
+    | aten::mm | 1096 | 708 | +388 | 107 / 80 |
+    | aten::index | 318 | 0 | +318 | 7 / 0 |
+    | aten::add_ | 468 | 168 | +300 | 457 / 410 |
+    | aten::mul | 440 | 191 | +249 | 85 / 33 |
+    | aten::addcdiv_ | 249 | 1 | +248 | 210 / 193 |
+    | LogSoftmaxBackward0 (autograd node) | 265 | 21 | +244 | 5 / 1 |
+    | aten::lerp_ | 244 | 2 | +243 | 210 / 193 |
+    | aten::div | 248 | 17 | +231 | 252 / 193 |
+    | aten::mkldnn_convolution | 892 | 664 | +228 | 24 / 23 |
+    | aten::sum | 501 | 301 | +200 | 75 / 42 |
+
+    Reading: 3 of ssa's 5 log-softmaxes and 3 of its 7 bilinear upsamplings (forward and
+    backward) run over (2, 150, 512, 512) maps (student, coarse, teacher; linear has 1 and 1);
+    the fills (nll_loss's and Dice's index backward zero-fill full-resolution gradients), the
+    adds (ce's and Dice's gradients summed at full resolution), ``index`` (Dice's gather of
+    the present (image, class) rows at full resolution) are the same maps again. The AdamW
+    ops (sqrt, addcdiv_, lerp_: 17 more parameters, all small) differ by load noise alone.
 
 After the optimisation (same conditions):
 
