@@ -29,7 +29,11 @@ Differences from the reference, all deliberate: boundaries come from tensor ops 
 Canny on the CPU (see :mod:`ssaseg.models.boundary`); logits are upsampled for the losses with
 the project's single convention (bilinear, ``align_corners=False``, as the linear classifier
 and inference do) where the reference uses ``align_corners=True`` for these terms; class means
-are computed with scatters instead of Python loops. Reference details kept: W and E enter the
+are computed with scatters instead of Python loops; each of the three full-resolution maps
+(student, coarse mask, teacher) is upsampled once and gives its cross-entropy and Dice from that
+one tensor (:mod:`ssaseg.models.upsampled_losses`: values and gradients equal to those of
+``segmentation_cross_entropy`` and ``dice_loss`` on the upsampled map, frozen in
+tests/test_ssa_frozen.py). Reference details kept: W and E enter the
 prototype MLPs undetached (only the absent-class fallbacks are detached copies), the teacher
 trains the head through F and P, Dice counts ignored pixels as negatives, and the relation
 matrices of semantic distillation detach their right-hand factor.
