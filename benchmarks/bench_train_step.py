@@ -10,8 +10,9 @@ the per-round ratio, with a 95 % bootstrap interval over rounds (scipy, BCa, see
 - full FLOPs ratio: torch.utils.flop_counter (2 FLOPs per multiply-add, matmuls included) over
   the forward AND backward of one step at the timed batch (AdamW's element-wise update and the
   loss reductions barely register);
-- peak memory ratio: the peak resident set size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``)
-  of a fresh subprocess per (baseline, classifier) that builds the model and runs 2 steps,
+- peak memory ratio: the peak resident set size (``VmHWM`` of /proc/self/status; not
+  ``getrusage``'s ``ru_maxrss``, which Linux carries over from the parent across ``exec``) of
+  a fresh subprocess per (baseline, classifier) that builds the model and runs 2 steps,
   reported whole and as the increment over the RSS just before the first step (imports, model
   and batch excluded): that increment is what the training step itself holds at its peak.
 
@@ -73,7 +74,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -148,16 +148,16 @@ def memory_probe(args) -> None:
     step = make_step(model, optimizer, images, labels)
     step()
     step()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_kib": peak, "before_kib": before}))
+    print(json.dumps({"peak_kib": rss_kib("VmHWM"), "before_kib": before}))
 
 
-def rss_kib() -> int:
+def rss_kib(field: str = "VmRSS") -> int:
+    """Resident set size now (VmRSS) or its high-water mark (VmHWM) of this process, KiB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    raise RuntimeError("no VmRSS in /proc/self/status")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def peak_memory(model: str, classifier: str, args) -> dict:
