@@ -14,7 +14,8 @@ then the log-softmax backward: six full-resolution tensors, each a fresh allocat
 every block over 32 MB anew, so each costs its first-touch page faults too). Here two:
 
     forward   up = upsample(logits)                    the one full-resolution allocation
-              Dice rows of the present (image, class) pairs gathered from up (N x HW, N << B K)
+              Dice rows of the present (image, class) pairs gathered from up (N x HW, N << B K),
+              and the sigmoid at each pixel's own label (B x HW) for the intersections
               up <- log_softmax(up) in place; the NLL gathered from it; up saved
     backward  grad = exp(up) (the softmax; the second allocation), -1 at each label, x 1/N
               (0 where ignored)
@@ -43,7 +44,7 @@ class _UpsampledCrossEntropyDice(torch.autograd.Function):
         flat_labels = labels.reshape(batch, -1)  # (B, HW)
         valid = flat_labels != ignore_index  # (B, HW)
         target = torch.where(valid, flat_labels, 0)[:, None]  # (B, 1, HW)
-        pair_rows = prob = alpha = beta = None
+        pair_rows = prob = alpha = beta = label_prob = None
         dice = logits.new_zeros(())
         if with_dice:
             # bin K collects the ignored pixels (Dice counts them as negatives)
@@ -54,26 +55,33 @@ class _UpsampledCrossEntropyDice(torch.autograd.Function):
             pair_rows = image * classes + cls  # (N,) rows of up viewed as (B K, HW)
             if pair_rows.numel():
                 prob = up.view(batch * classes, -1).index_select(0, pair_rows).sigmoid_()
-                truth = flat_labels[image] == cls[:, None]  # (N, HW)
+                # sigmoid at each pixel's own label: the intersections, without an (N, HW)
+                # target mask; (B, HW), 0 on ignored pixels
+                label_prob = up.view(batch, classes, -1).gather(1, target)[:, 0].sigmoid_()
+                label_prob = torch.where(valid, label_prob, 0.0)
+                hits = torch.zeros(batch, classes + 1, device=logits.device).scatter_add_(
+                    1, bins, label_prob)[:, :classes]  # (B, K)
                 denom = prob.sum(-1) + counts[image, cls] + smooth  # (N,)
-                numer = 2 * (prob * truth).sum(-1) + smooth  # (N,)
+                numer = 2 * hits[image, cls] + smooth  # (N,)
                 pairs = pair_rows.numel()
                 dice = (1 - numer / denom).sum() / pairs
-                # d dice / d prob = alpha - beta * truth, per pair
-                alpha, beta = numer / denom.square() / pairs, 2 / denom / pairs
+                # d dice / d prob = alpha - beta * (label == k), per pair; beta as (B, K)
+                alpha = numer / denom.square() / pairs  # (N,)
+                beta = torch.zeros(batch, classes, device=logits.device)
+                beta[image, cls] = 2 / denom / pairs
         log_p = torch.ops.aten._log_softmax.out(up, 1, False, out=up)  # (B, K, H, W), in place
         picked = log_p.view(batch, classes, -1).gather(1, target)[:, 0]  # (B, HW)
         num_valid = valid.sum()
         ce = -torch.where(valid, picked, 0.0).sum() / num_valid.clamp_min(1)
         ctx.setup = (with_dice, (height, width))
         ctx.save_for_backward(log_p, target, valid, num_valid, pair_rows, prob, alpha, beta,
-                              labels)
+                              label_prob)
         return ce, dice
 
     @staticmethod
     def backward(ctx, grad_ce, grad_dice):
         with_dice, size = ctx.setup
-        log_p, target, valid, num_valid, pair_rows, prob, alpha, beta, labels = (
+        log_p, target, valid, num_valid, pair_rows, prob, alpha, beta, label_prob = (
             ctx.saved_tensors)
         batch, classes = log_p.shape[:2]
         grad = log_p.exp().view(batch, classes, -1)  # softmax, (B, K, HW)
@@ -81,11 +89,12 @@ class _UpsampledCrossEntropyDice(torch.autograd.Function):
         scale = grad_ce / num_valid.clamp_min(1)
         grad.mul_(torch.where(valid, scale, 0.0)[:, None])  # 0 on ignored pixels
         if with_dice and prob is not None:
-            image, cls = pair_rows // classes, pair_rows % classes
-            truth = labels.reshape(batch, -1)[image] == cls[:, None]  # (N, HW)
-            coef = (alpha[:, None] - beta[:, None] * truth) * grad_dice  # (N, HW)
-            grad.view(batch * classes, -1).index_add_(
-                0, pair_rows, torch.ops.aten.sigmoid_backward(coef, prob))
+            # alpha * p (1 - p) on the N present rows, one fused pass
+            grad.view(batch * classes, -1).index_add_(0, pair_rows, torch.ops.aten.sigmoid_backward(
+                (alpha * grad_dice)[:, None].expand_as(prob), prob))
+            # - beta * p (1 - p) at each labelled pixel's own class (label_prob is 0 elsewhere)
+            at_label = beta.gather(1, target[:, 0]) * label_prob * (1 - label_prob)  # (B, HW)
+            grad.scatter_add_(1, target, (-grad_dice * at_label)[:, None])
         grad = grad.view_as(log_p)  # (B, K, H, W)
         if tuple(grad.shape[-2:]) == size:
             return grad, None, None, None, None
