@@ -26,7 +26,7 @@ From the repository root:
 after a warm-up step) and the operators where ssa's step differs most from linear's (self CPU
 time; call counts). The tables below were measured this way.
 
-Where ssa's step went BEFORE the optimisation (ssa.py as of commit 43e3e1f; SegFormer-B0,
+Where ssa's step went BEFORE the optimisation (ssa.py as on main at 4475d4b; SegFormer-B0,
 512 x 512, batch 2, 150 classes, 2 threads, fp32, glibc's default allocator; 2026-12-03, 2 cores shared with other
 agents; one profiled step each, so single milliseconds are noise), top operators by the
 difference of self CPU time, ssa - linear:
