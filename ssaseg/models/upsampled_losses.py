@@ -38,13 +38,17 @@ class _UpsampledCrossEntropyDice(torch.autograd.Function):
     def forward(ctx, logits, labels, ignore_index, with_dice, smooth):
         batch, classes, height, width = logits.shape
         out_hw = tuple(labels.shape[-2:])
-        up = resize_logits(logits, out_hw)  # (B, K, H, W)
-        if up is logits:  # no resize: never overwrite the caller's tensor
-            up = logits.clone()
+        # channels last: the class axis innermost, for the upsampling (and its backward) and
+        # for the log-softmax over classes
+        small = logits.contiguous(memory_format=torch.channels_last)
+        up = resize_logits(small, out_hw)  # (B, K, H, W), channels last
+        if up is small:  # no resize: never overwrite the caller's tensor
+            up = small.clone(memory_format=torch.channels_last)
+        pixels = up.permute(0, 2, 3, 1).reshape(batch, -1, classes)  # (B, HW, K), a view
         flat_labels = labels.reshape(batch, -1)  # (B, HW)
         valid = flat_labels != ignore_index  # (B, HW)
-        target = torch.where(valid, flat_labels, 0)[:, None]  # (B, 1, HW)
-        pair_rows = prob = alpha = beta = label_prob = None
+        target = torch.where(valid, flat_labels, 0)[..., None]  # (B, HW, 1)
+        image = cls = prob = alpha = beta = label_prob = None
         dice = logits.new_zeros(())
         if with_dice:
             # bin K collects the ignored pixels (Dice counts them as negatives)
@@ -52,54 +56,53 @@ class _UpsampledCrossEntropyDice(torch.autograd.Function):
             counts = torch.zeros(batch, classes + 1, device=logits.device).scatter_add_(
                 1, bins, torch.ones(bins.shape, device=logits.device))[:, :classes]  # (B, K)
             image, cls = (counts > 0).nonzero(as_tuple=True)  # the N present pairs
-            pair_rows = image * classes + cls  # (N,) rows of up viewed as (B K, HW)
-            if pair_rows.numel():
-                prob = up.view(batch * classes, -1).index_select(0, pair_rows).sigmoid_()
+            if image.numel():
+                prob = pixels.permute(0, 2, 1)[image, cls].sigmoid_()  # (N, HW)
                 # sigmoid at each pixel's own label: the intersections, without an (N, HW)
                 # target mask; (B, HW), 0 on ignored pixels
-                label_prob = up.view(batch, classes, -1).gather(1, target)[:, 0].sigmoid_()
+                label_prob = pixels.gather(-1, target)[..., 0].sigmoid_()
                 label_prob = torch.where(valid, label_prob, 0.0)
                 hits = torch.zeros(batch, classes + 1, device=logits.device).scatter_add_(
                     1, bins, label_prob)[:, :classes]  # (B, K)
                 denom = prob.sum(-1) + counts[image, cls] + smooth  # (N,)
                 numer = 2 * hits[image, cls] + smooth  # (N,)
-                pairs = pair_rows.numel()
+                pairs = image.numel()
                 dice = (1 - numer / denom).sum() / pairs
                 # d dice / d prob = alpha - beta * (label == k), per pair; beta as (B, K)
                 alpha = numer / denom.square() / pairs  # (N,)
                 beta = torch.zeros(batch, classes, device=logits.device)
                 beta[image, cls] = 2 / denom / pairs
-        log_p = torch.ops.aten._log_softmax.out(up, 1, False, out=up)  # (B, K, H, W), in place
-        picked = log_p.view(batch, classes, -1).gather(1, target)[:, 0]  # (B, HW)
+        log_p = torch.ops.aten._log_softmax.out(pixels, -1, False, out=pixels)  # in place
+        picked = log_p.gather(-1, target)[..., 0]  # (B, HW)
         num_valid = valid.sum()
         ce = -torch.where(valid, picked, 0.0).sum() / num_valid.clamp_min(1)
-        ctx.setup = (with_dice, (height, width))
-        ctx.save_for_backward(log_p, target, valid, num_valid, pair_rows, prob, alpha, beta,
+        ctx.setup = (with_dice, (height, width), out_hw)
+        ctx.save_for_backward(log_p, target, valid, num_valid, image, cls, prob, alpha, beta,
                               label_prob)
         return ce, dice
 
     @staticmethod
     def backward(ctx, grad_ce, grad_dice):
-        with_dice, size = ctx.setup
-        log_p, target, valid, num_valid, pair_rows, prob, alpha, beta, label_prob = (
+        with_dice, size, out_hw = ctx.setup
+        log_p, target, valid, num_valid, image, cls, prob, alpha, beta, label_prob = (
             ctx.saved_tensors)
-        batch, classes = log_p.shape[:2]
-        grad = log_p.exp().view(batch, classes, -1)  # softmax, (B, K, HW)
-        grad.scatter_add_(1, target, grad.new_full((1, 1, 1), -1.0).expand(target.shape))
+        batch, _, classes = log_p.shape
+        grad = log_p.exp()  # softmax, (B, HW, K)
+        grad.scatter_add_(-1, target, grad.new_full((1, 1, 1), -1.0).expand(target.shape))
         scale = grad_ce / num_valid.clamp_min(1)
-        grad.mul_(torch.where(valid, scale, 0.0)[:, None])  # 0 on ignored pixels
+        grad.mul_(torch.where(valid, scale, 0.0)[..., None])  # 0 on ignored pixels
         if with_dice and prob is not None:
-            # alpha * p (1 - p) on the N present rows, one fused pass
-            grad.view(batch * classes, -1).index_add_(0, pair_rows, torch.ops.aten.sigmoid_backward(
-                (alpha * grad_dice)[:, None].expand_as(prob), prob))
+            # alpha * p (1 - p) on the N present (image, class) pairs, one fused pass
+            grad.permute(0, 2, 1).index_put_((image, cls), torch.ops.aten.sigmoid_backward(
+                (alpha * grad_dice)[:, None].expand_as(prob), prob), accumulate=True)
             # - beta * p (1 - p) at each labelled pixel's own class (label_prob is 0 elsewhere)
-            at_label = beta.gather(1, target[:, 0]) * label_prob * (1 - label_prob)  # (B, HW)
-            grad.scatter_add_(1, target, (-grad_dice * at_label)[:, None])
-        grad = grad.view_as(log_p)  # (B, K, H, W)
-        if tuple(grad.shape[-2:]) == size:
+            at_label = beta.gather(1, target[..., 0]) * label_prob * (1 - label_prob)  # (B, HW)
+            grad.scatter_add_(-1, target, (-grad_dice * at_label)[..., None])
+        grad = grad.view(batch, *out_hw, classes).permute(0, 3, 1, 2)  # (B, K, H, W), NHWC
+        if out_hw == size:
             return grad, None, None, None, None
         grad_logits = torch.ops.aten.upsample_bilinear2d_backward(
-            grad, list(grad.shape[-2:]), [batch, classes, *size], False)
+            grad, list(out_hw), [batch, classes, *size], False)
         return grad_logits, None, None, None, None
 
 
