@@ -27,9 +27,9 @@ after a warm-up step) and the operators where ssa's step differs most from linea
 time; call counts). The tables below were measured this way.
 
 Where ssa's step went BEFORE the optimisation (ssa.py as on main at 4475d4b; SegFormer-B0,
-512 x 512, batch 2, 150 classes, 2 threads, fp32, glibc's default allocator; 2026-12-03, 2 cores shared with other
-agents; one profiled step each, so single milliseconds are noise), top operators by the
-difference of self CPU time, ssa - linear:
+512 x 512, batch 2, 150 classes, 2 threads, fp32, glibc's default allocator; 2026-12-03, 2 cores
+shared with other agents; one profiled step each, so single milliseconds are noise), top
+operators by the difference of self CPU time, ssa - linear:
 
     one step: wall 22.01 s (ssa) vs 8.68 s (linear) under the profiler, self CPU total 21.89 s
     vs 8.63 s (difference 13.26 s); the machine was loaded (load average ~5 on 2 cores).
@@ -64,9 +64,37 @@ difference of self CPU time, ssa - linear:
     the present (image, class) rows at full resolution) are the same maps again. The AdamW
     ops (sqrt, addcdiv_, lerp_: 17 more parameters, all small) differ by load noise alone.
 
-After the optimisation (same conditions):
+AFTER the optimisation (ssa.py taking its full-resolution losses from
+:mod:`ssaseg.models.upsampled_losses`; same model and batch, 1 thread, 2026-12-03 10:10 UTC,
+2 cores shared with other agents, load average ~10: both steps ran ~2x slower than unloaded,
+so read the differences, not the totals): one step: wall 17.67 s (ssa) vs 15.00 s (linear),
+self CPU total 17.60 s vs 14.74 s (difference 2.86 s; 13.26 s before, at 2 threads).
 
-    PROFILE_AFTER
+    | operator | ssa self CPU ms | linear self CPU ms | difference ms | calls ssa / linear |
+    |---|---|---|---|---|
+    | aten::bmm | 1916 | 151 | +1765 | 14 / 2 |
+    | aten::_slow_conv2d_backward | 2398 | 955 | +1443 | 5 / 5 |
+    | aten::exp | 1308 | 0 | +1308 | 3 / 0 |
+    | aten::_index_put_impl_ | 599 | 0 | +599 | 4 / 0 |
+    | aten::index | 517 | 0 | +517 | 7 / 0 |
+    | _UpsampledCrossEntropyDiceBackward (autograd node) | 476 | 0 | +476 | 3 / 0 |
+    | aten::addcmul_ | 415 | 1 | +413 | 211 / 193 |
+    | aten::upsample_bilinear2d | 1508 | 1137 | +371 | 7 / 5 |
+    | aten::gather | 331 | 0 | +331 | 9 / 0 |
+    | aten::add | 387 | 70 | +316 | 59 / 25 |
+    | aten::mul | 297 | 8 | +290 | 87 / 33 |
+    | aten::mul_ | 309 | 25 | +284 | 427 / 386 |
+    | aten::gelu_backward | 306 | 78 | +227 | 8 / 8 |
+    | aten::_softmax_backward_data | 207 | 0 | +207 | 3 / 0 |
+    | aten::scatter_add_ | 192 | 0 | +192 | 11 / 0 |
+    | aten::neg | 188 | 0 | +188 | 15 / 0 |
+
+    Reading: ``upsample_bilinear2d_backward`` and ``_log_softmax(_backward_data)`` left the
+    list (channels-last kernels; linear's own log-softmax backward is now larger than ssa's
+    softmax); ``exp`` is the softmax of the three maps' gradients; ``index``/``index_put_`` are
+    Dice's rows of the present (image, class) pairs; ``bmm`` is arithmetic (cosine logits, soft
+    class centres) that the FLOP count includes; the conv and GELU backward rows are load
+    noise (the same modules run in both).
 """
 
 from __future__ import annotations
