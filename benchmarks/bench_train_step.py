@@ -89,9 +89,8 @@ self CPU total 17.60 s vs 14.74 s (difference 2.86 s; 13.26 s before, at 2 threa
     | aten::scatter_add_ | 192 | 0 | +192 | 11 / 0 |
     | aten::neg | 188 | 0 | +188 | 15 / 0 |
 
-    Reading: ``upsample_bilinear2d_backward`` and ``_log_softmax(_backward_data)`` left the
-    list (channels-last kernels; linear's own log-softmax backward is now larger than ssa's
-    softmax); ``exp`` is the softmax of the three maps' gradients; ``index``/``index_put_`` are
+    Reading: ``upsample_bilinear2d_backward``, ``_log_softmax`` and ``fill_`` left the list
+    (one upsampled map per logits map, channels-last kernels, no zero-filled gradients); ``exp`` is the softmax of the three maps' gradients; ``index``/``index_put_`` are
     Dice's rows of the present (image, class) pairs; ``bmm`` is arithmetic (cosine logits, soft
     class centres) that the FLOP count includes; the conv and GELU backward rows are load
     noise (the same modules run in both).
