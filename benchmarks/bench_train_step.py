@@ -26,6 +26,18 @@ From the repository root:
 after a warm-up step) and the operators where ssa's step differs most from linear's (self CPU
 time; call counts). The tables below were measured this way.
 
+Measured 2026-12-03 (CPU, 1 torch thread, fp32, glibc's default allocator, 2 cores shared with
+other agents, load average ~10; 1 thread because with 2 threads on an oversubscribed machine
+every parallel op waits for a descheduled thread and op counts, not work, set the time):
+
+    | baseline | ssa / linear before (95 % CI) | after (95 % CI) | full-FLOPs ratio |
+    | peak RSS ratio before -> after (step's increment) |
+    | SegFormer-B0 | 2.43 (2.15-2.50) | 1.49 (1.44-1.60) | 1.40 | 1.78 -> 1.33 (1.98 -> 1.42) |
+    | SegNeXt-T    | 2.01 (1.93-2.07) | 1.20 (1.17-1.21) | 1.04 | not measured -> 1.17 (1.20) |
+
+(before and after paired in one process through a renamed copy of main's package; the after
+ratios and memory from this script; protoseg / linear: 1.72 (1.56-1.89) and 1.11 (1.08-1.13).)
+
 Where ssa's step went BEFORE the optimisation (ssa.py as on main at 4475d4b; SegFormer-B0,
 512 x 512, batch 2, 150 classes, 2 threads, fp32, glibc's default allocator; 2026-12-03, 2 cores
 shared with other agents; one profiled step each, so single milliseconds are noise), top
