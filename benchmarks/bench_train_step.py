@@ -30,8 +30,8 @@ Measured 2026-12-03 (CPU, 1 torch thread, fp32, glibc's default allocator, 2 cor
 other agents, load average ~10; 1 thread because with 2 threads on an oversubscribed machine
 every parallel op waits for a descheduled thread and op counts, not work, set the time):
 
-    | baseline | ssa / linear before (95 % CI) | after (95 % CI) | full-FLOPs ratio |
-    | peak RSS ratio before -> after (step's increment) |
+    | baseline | ssa/linear before | after | FLOPs ratio | peak RSS ratio (step's increment) |
+    |---|---|---|---|---|
     | SegFormer-B0 | 2.43 (2.15-2.50) | 1.49 (1.44-1.60) | 1.40 | 1.78 -> 1.33 (1.98 -> 1.42) |
     | SegNeXt-T    | 2.01 (1.93-2.07) | 1.20 (1.17-1.21) | 1.04 | not measured -> 1.17 (1.20) |
 
@@ -102,7 +102,8 @@ self CPU total 17.60 s vs 14.74 s (difference 2.86 s; 13.26 s before, at 2 threa
     | aten::neg | 188 | 0 | +188 | 15 / 0 |
 
     Reading: ``upsample_bilinear2d_backward``, ``_log_softmax`` and ``fill_`` left the list
-    (one upsampled map per logits map, channels-last kernels, no zero-filled gradients); ``exp`` is the softmax of the three maps' gradients; ``index``/``index_put_`` are
+    (one upsampled map per logits map, channels-last kernels, no zero-filled gradients);
+    ``exp`` is the softmax of the three maps' gradients; ``index``/``index_put_`` are
     Dice's rows of the present (image, class) pairs; ``bmm`` is arithmetic (cosine logits, soft
     class centres) that the FLOP count includes; the conv and GELU backward rows are load
     noise (the same modules run in both).
