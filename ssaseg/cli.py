@@ -331,10 +331,7 @@ def cmd_evaluate_corruptions(args) -> int:
     params = _params(args)
     cfg = _run(args)
     analysis = params["analysis"]
-    try:
-        names = corruption_names(analysis["corruptions"])
-    except ImportError as exc:
-        raise ConfigError(str(exc)) from exc
+    names = corruption_names(analysis["corruptions"])
     if not names:
         raise ConfigError(f"{' + '.join(args.params)}: analysis.corruptions is empty")
     model, device = _trained(cfg, args.params)

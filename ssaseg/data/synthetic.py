@@ -168,7 +168,8 @@ def prepare(
                     "val": class_shift if val_class_shift is None else val_class_shift}
     for split, value in class_shifts.items():
         if value < 0:
-            raise ParameterError(f"synthetic: the class shift of {split} must be >= 0, got {value}")
+            raise ParameterError(f"synthetic: the class shift of {split} must be >= 0, "
+                                 f"got {value}")
     with atomic_directory(out_dir) as tmp:
         write_meta(tmp, DatasetMeta("synthetic", CLASSES, PALETTE, IGNORE_INDEX))
         for split, count in counts.items():

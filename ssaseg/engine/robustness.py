@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ssaseg.data.dataset import Sample, SegmentationDataset
 from ssaseg.engine.evaluate import PerImageCounts, evaluate_per_image
+from ssaseg.errors import UnavailableError, UnknownNameError
 
 CORRUPTIONS_EXTRA = "pip install 'ssaseg[analysis]' (imagecorruptions-imaug)"
 
@@ -38,8 +39,8 @@ def corruption_names(names: list[str]) -> list[str]:
     try:
         from imagecorruptions import get_corruption_names
     except ImportError as exc:  # an optional extra
-        raise ImportError(f"corruptions need the imagecorruptions package: {CORRUPTIONS_EXTRA}"
-                          ) from exc
+        raise UnavailableError(f"analysis.corruptions needs the imagecorruptions package: "
+                               f"{CORRUPTIONS_EXTRA}") from exc
     known = get_corruption_names("all")
     out: list[str] = []
     for name in names:
@@ -48,7 +49,7 @@ def corruption_names(names: list[str]) -> list[str]:
         elif name in known:
             out.append(name)
         else:
-            raise KeyError(f"analysis.corruptions: unknown corruption {name!r}; known: "
+            raise UnknownNameError(f"analysis.corruptions: unknown corruption {name!r}; known: "
                            f"{', '.join(known)} (or all, common, validation)")
     return out
 
