@@ -14,6 +14,10 @@
     python -m ssaseg profile-latency --params params/default.yaml --dataset D --model M --seed S
                                      paired latency of M with every classifier (+ FLOP floor)
     python -m ssaseg report   --params params/default.yaml
+    python -m ssaseg count-pixels --params params/analysis.yaml --dataset synthetic --out F.json
+    python -m ssaseg evaluate-shift       --params params/analysis.yaml RUN
+    python -m ssaseg evaluate-corruptions --params params/analysis.yaml RUN
+    python -m ssaseg probe    --params params/analysis.yaml RUN     mechanism probes, t-SNE
 
 RUN is ``--dataset D --model M --classifier C --seed S``. ``--params`` may be repeated: later
 files override earlier ones. Errors in the inputs (:class:`ssaseg.errors.InputError`: bad params,
@@ -213,21 +217,21 @@ def _evaluate_released(args, cfg: RunConfig, checkpoint: Path, device) -> int:
 
 def _evaluate_and_write(args, cfg: RunConfig, model, device, out_dir: Path, extra: dict,
                         tracker_run: tuple[str, str] | None = None) -> None:
-    """Evaluate ``model`` on the run's val split; write eval.json, per_class_iou.csv and
-    confusion_matrix.csv into ``out_dir`` and log them to its MLflow run (``tracker_run``:
+    """Evaluate ``model`` on the run's val split; write eval.json, per_class_iou.csv,
+    confusion_matrix.csv and per_image_counts.npz into ``out_dir`` and log them to its MLflow run (``tracker_run``:
     (experiment, run name) of a new one where out_dir has none yet)."""
     from ssaseg import atomic_io
     from ssaseg.data.dataset import SegmentationDataset
     from ssaseg.data.transforms import EvalPipeline
-    from ssaseg.engine.evaluate import evaluate
-    from ssaseg.report import EVAL_FILE
+    from ssaseg.engine.evaluate import evaluate_per_image
+    from ssaseg.report import EVAL_FILE, PER_IMAGE_FILE
     from ssaseg.tracking import RunTracker
 
     dataset = SegmentationDataset(cfg.dataset.root, "val",
                                   eval_pipeline=EvalPipeline.from_config(cfg.evaluate))
-    metrics, cm = evaluate(model, dataset, device, cfg.evaluate.mode, cfg.evaluate.crop_size,
-                           cfg.evaluate.stride, num_workers=cfg.evaluate.num_workers,
-                           progress=not args.no_progress)
+    metrics, cm, per_image = evaluate_per_image(
+        model, dataset, device, cfg.evaluate.mode, cfg.evaluate.crop_size, cfg.evaluate.stride,
+        num_workers=cfg.evaluate.num_workers, progress=not args.no_progress)
     classes = dataset.meta.classes
     per_class = out_dir / "per_class_iou.csv"
     rows = ["class,iou,accuracy"] + [f"{c},{i:.6f},{a:.6f}"
@@ -235,6 +239,7 @@ def _evaluate_and_write(args, cfg: RunConfig, model, device, out_dir: Path, extr
     atomic_io.write_text(per_class, "\n".join(rows) + "\n")
     atomic_io.write_text(out_dir / "confusion_matrix.csv",
                          "\n".join(",".join(map(str, r)) for r in cm.tolist()) + "\n")
+    per_image.save(out_dir / PER_IMAGE_FILE)  # before eval.json: eval.json marks a whole run
     result = {
         "run": {"dataset": cfg.dataset.name, "model": cfg.model, "classifier": cfg.classifier,
                 "seed": cfg.seed},
@@ -259,6 +264,134 @@ def _evaluate_and_write(args, cfg: RunConfig, model, device, out_dir: Path, extr
     where = f" ({extra['checkpoint']})" if "checkpoint" in extra else ""
     print(f"{cfg.run_name}{where}: mIoU {100 * metrics.miou:.2f}  "
           f"aAcc {100 * metrics.pixel_accuracy:.2f}")
+
+
+def _trained(cfg: RunConfig, params_files: list[str]):
+    """(model in eval mode, device) of a trained run whose settings are still those of the
+    params files; ConfigError otherwise."""
+    import torch
+
+    from ssaseg.config import run_config_from_dict
+    from ssaseg.engine.device import select_device
+    from ssaseg.engine.train import MODEL_FILE, load_trained
+
+    torch.set_num_threads(cfg.evaluate.threads)
+    device = select_device(cfg.evaluate.device)
+    path = Path(cfg.run_dir) / MODEL_FILE
+    model, state = load_trained(path, device)
+    if run_config_from_dict(state["config"]).config_hash() != cfg.config_hash():
+        raise ConfigError(f"{path} was trained with other settings than "
+                          f"{' + '.join(params_files)} now gives this run; train it again")
+    return model, device
+
+
+def _eval_kwargs(cfg: RunConfig) -> dict:
+    return {"mode": cfg.evaluate.mode, "crop": cfg.evaluate.crop_size,
+            "stride": cfg.evaluate.stride, "num_workers": cfg.evaluate.num_workers}
+
+
+def cmd_evaluate_shift(args) -> int:
+    import io
+
+    import numpy as np
+
+    from ssaseg import atomic_io
+    from ssaseg.data.transforms import EvalPipeline
+    from ssaseg.engine.robustness import evaluate_shift_sweep
+
+    params = _params(args)
+    cfg = _run(args)
+    strengths = params["analysis"]["shift_sweep"]
+    if cfg.dataset.name != "synthetic" or not strengths:
+        raise ConfigError(f"{' + '.join(args.params)}: analysis.shift_sweep needs the synthetic "
+                          f"dataset and at least one strength (got {cfg.dataset.name!r}, "
+                          f"{strengths})")
+    model, device = _trained(cfg, args.params)
+    rows, counts = evaluate_shift_sweep(model, cfg.dataset.options, strengths, device,
+                                        EvalPipeline.from_config(cfg.evaluate), **_eval_kwargs(cfg))
+    run_dir = Path(cfg.run_dir)
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **counts)  # before shift_sweep.json, which marks the step done
+    atomic_io.write_bytes(run_dir / "shift_sweep_counts.npz", buf.getvalue())
+    atomic_io.write_json(run_dir / "shift_sweep.json", {
+        "run": {"dataset": cfg.dataset.name, "model": cfg.model, "classifier": cfg.classifier,
+                "seed": cfg.seed},
+        "train_class_shift": cfg.dataset.options.get("class_shift", 0.0), "rows": rows})
+    print(f"{cfg.run_name}: mIoU " + ", ".join(f"{100 * r['miou']:.2f} at {r['strength']}"
+                                                for r in rows))
+    return 0
+
+
+def cmd_evaluate_corruptions(args) -> int:
+    from ssaseg import atomic_io
+    from ssaseg.data.dataset import SegmentationDataset
+    from ssaseg.data.transforms import EvalPipeline
+    from ssaseg.engine.robustness import corruption_names, evaluate_corruptions
+
+    params = _params(args)
+    cfg = _run(args)
+    analysis = params["analysis"]
+    names = corruption_names(analysis["corruptions"])
+    if not names:
+        raise ConfigError(f"{' + '.join(args.params)}: analysis.corruptions is empty")
+    model, device = _trained(cfg, args.params)
+    dataset = SegmentationDataset(cfg.dataset.root, "val",
+                                  eval_pipeline=EvalPipeline.from_config(cfg.evaluate))
+    rows = evaluate_corruptions(model, dataset, device, names, analysis["severities"],
+                                analysis["corruption_seed"], **_eval_kwargs(cfg))
+    mean = sum(r["miou"] for r in rows) / len(rows)
+    atomic_io.write_json(Path(cfg.run_dir) / "corruptions.json", {
+        "run": {"dataset": cfg.dataset.name, "model": cfg.model, "classifier": cfg.classifier,
+                "seed": cfg.seed},
+        "seed": analysis["corruption_seed"], "rows": rows, "mean_miou": mean})
+    print(f"{cfg.run_name}: mean mIoU under {len(names)} corruptions x "
+          f"{len(analysis['severities'])} severities: {100 * mean:.2f}")
+    return 0
+
+
+def cmd_probe(args) -> int:
+    import pandas as pd
+
+    from ssaseg import atomic_io
+    from ssaseg.data.dataset import SegmentationDataset
+    from ssaseg.data.transforms import EvalPipeline
+    from ssaseg.engine.probes import probe, tsne_embedding, tsne_plot
+
+    params = _params(args)
+    cfg = _run(args)
+    model, device = _trained(cfg, args.params)
+    pipeline = EvalPipeline.from_config(cfg.evaluate)
+    train_set = SegmentationDataset(cfg.dataset.root, "train", eval_pipeline=pipeline)
+    val_set = SegmentationDataset(cfg.dataset.root, "val", eval_pipeline=pipeline)
+    index = params["analysis"]["probe_image"]
+    if index >= len(val_set):
+        raise ConfigError(f"{' + '.join(args.params)}: analysis.probe_image {index} is beyond "
+                          f"the {len(val_set)} validation images")
+    arrays = probe(model, train_set, val_set, device)
+    classes = val_set.meta.classes
+    n = len(val_set)
+    table = pd.DataFrame({"image": [i for i in range(n) for _ in classes],
+                          "class": [c for _ in range(n) for c in classes],
+                          **{k: v.reshape(-1) for k, v in arrays.items()}})
+    table = table.dropna(subset=["intra_class_shift"])  # classes present in the image
+    run_dir = Path(cfg.run_dir)
+    embedding = tsne_embedding(model, val_set, device, index, seed=cfg.seed)
+    atomic_io.write_bytes(run_dir / "tsne.png", tsne_plot(
+        embedding, classes, f"{cfg.run_name}: val image {index}, pixel features and prototypes "
+        "(t-SNE, cosine)"))
+    atomic_io.write_text(run_dir / "probes.csv", table.to_csv(index=False, float_format="%.6f"))
+    summary = {"run": {"dataset": cfg.dataset.name, "model": cfg.model,
+                       "classifier": cfg.classifier, "seed": cfg.seed},
+               "probe_image": index, "pairs": len(table),
+               "intra_class_shift_mean": float(table.intra_class_shift.mean())}
+    for kind in ("semantic", "spatial"):
+        if f"{kind}_fixed" in table:
+            closer = table[f"{kind}_adapted"] > table[f"{kind}_fixed"]
+            summary[f"{kind}_adapted_closer_share"] = float(closer.mean())
+    atomic_io.write_json(run_dir / "probes.json", summary)
+    print(f"{cfg.run_name}: " + ", ".join(f"{k} {v:.3f}" for k, v in summary.items()
+                                          if isinstance(v, float)))
+    return 0
 
 
 def cmd_profile(args) -> int:
@@ -377,7 +510,28 @@ def cmd_tracking_server(args) -> int:
     os.execvp(cmd[0], cmd)  # the server replaces this process: signals reach it directly
 
 
+def train_pixels_path(params: dict, dataset: str) -> Path:
+    """Where ``count-pixels`` writes a dataset's training pixels per class for a params file."""
+    return Path(params["results_dir"]) / params["name"] / dataset / "train_class_pixels.json"
+
+
+def cmd_count_pixels(args) -> int:
+    from ssaseg import atomic_io
+    from ssaseg.data.class_pixels import split_class_pixels
+
+    params = _params(args)
+    _dataset_in(params, args.dataset)
+    pixels = split_class_pixels(Path(params["data_dir"]) / args.dataset, "train")
+    out = Path(args.out) if args.out else train_pixels_path(params, args.dataset)
+    atomic_io.write_json(out, {"dataset": args.dataset, "split": "train", "pixels": pixels})
+    print(f"{args.dataset}: {sum(pixels)} labelled training pixels in {len(pixels)} classes "
+          f"-> {out}")
+    return 0
+
+
 def cmd_report(args) -> int:
+    import json
+
     from ssaseg.config import paired_baselines, run_dir
     from ssaseg.errors import MissingFileError
     from ssaseg.report import PAIRED_LATENCY_FILE, build_report
@@ -392,7 +546,10 @@ def cmd_report(args) -> int:
         if not path.is_file():
             raise MissingFileError(f"{path} does not exist: run `python -m ssaseg "
                                    "profile-latency` for that baseline first (the workflow does)")
-    changed = build_report(runs, out_dir, published, paired)
+    train_pixels = {d: json.loads(train_pixels_path(params, d).read_text())["pixels"]
+                    for d in params["datasets"] if train_pixels_path(params, d).is_file()}
+    changed = build_report(runs, out_dir, published, paired, train_pixels,
+                           params["classifiers"])
     print(f"report in {out_dir}: {len(changed)} file(s) changed"
           + (f" ({', '.join(p.name for p in changed)})" if changed else ""))
     return 0
@@ -453,6 +610,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--untrained", action="store_true", help="time the architecture as deployed "
                    "(eval mode) without loading trained weights")
     p.add_argument("--out-dir", help="default: <results_dir>/<name>/<dataset>/<model>")
+    add("evaluate-shift", cmd_evaluate_shift,
+        "score one trained run at every analysis.shift_sweep strength (synthetic)", run=True)
+    add("probe", cmd_probe, "mechanism probes and t-SNE of one trained run (analysis.probe_image)",
+        run=True)
+    add("evaluate-corruptions", cmd_evaluate_corruptions,
+        "score one trained run under analysis.corruptions x analysis.severities", run=True)
+    p = add("count-pixels", cmd_count_pixels, "training pixels per class of a dataset",
+            dataset=True)
+    p.add_argument("--out", help="JSON file (default: <results_dir>/<name>/<dataset>/"
+                   "train_class_pixels.json)")
     p = add("report", cmd_report, "tables and plots from every run of a params file")
     p.add_argument("--out-dir", help="default: <reports_dir>/<name>")
     p = sub.add_parser("tracking-server", help="MLflow server for jobs on a cluster (login node)")

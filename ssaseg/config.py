@@ -32,6 +32,13 @@ class ConfigError(InputError, ValueError):
     """A params file is invalid; the message names the file and the key."""
 
 
+def classifier_kind(name: str) -> str:
+    """The classifier a name builds: ``ssa-no_dice`` -> ``ssa``. A variant (``<classifier>-
+    <label>`` under ``classifiers:``) is the classifier with its own parameters and its own
+    runs, e.g. one ablation; the report compares it with linear and with its classifier."""
+    return name.split("-", 1)[0]
+
+
 @functools.lru_cache(maxsize=1)
 def _parsed_schema() -> dict:
     """The schema, parsed once per process: parsing it is slow (~0.15 s) and Snakemake resolves
@@ -99,7 +106,18 @@ def _format_error(error: jsonschema.ValidationError, source: str, prefix: str = 
         message += f" (write it as a whole number: {int(value)})"
     elif error.validator == "additionalProperties" and isinstance(error.schema.get("properties"),
                                                                  dict):
-        message += f"; allowed: {', '.join(error.schema['properties'])}"
+        if error.schema.get("patternProperties"):  # classifiers: names or <name>-<label>
+            import re
+
+            patterns = list(error.schema["patternProperties"])
+            extras = sorted(k for k in value if k not in error.schema["properties"]
+                            and not any(re.search(p, k) for p in patterns))
+            message = (f"Additional properties are not allowed "
+                       f"({', '.join(map(repr, extras))} was unexpected); allowed: "
+                       f"{', '.join(error.schema['properties'])}, or <one of them>-<label> "
+                       "for a variant")
+        else:
+            message += f"; allowed: {', '.join(error.schema['properties'])}"
     return f"{source}: {key}: {message}"
 
 
@@ -171,14 +189,15 @@ def _check_mask_classification(params: dict, source: str) -> None:
     for model in params["models"]:
         if not MODELS[model].mask_classification:
             continue
-        undefined = sorted(set(params["classifiers"]) - set(MASK_CLASSIFIERS))
+        undefined = sorted(c for c in params["classifiers"]
+                           if classifier_kind(c) not in MASK_CLASSIFIERS)
         if undefined:
             raise ConfigError(
                 f"{source}: classifiers: {undefined} not defined for {model}, a "
                 f"mask-classification model (it takes: {', '.join(sorted(MASK_CLASSIFIERS))}); "
                 "run it from a params file without them"
             )
-        if params["classifiers"].get("linear"):
+        if any(v for c, v in params["classifiers"].items() if classifier_kind(c) == "linear"):
             raise ConfigError(
                 f"{source}: classifiers.linear: {model}'s `linear` is Mask2Former's own "
                 "semantic inference and takes no parameters; give it as `linear: {}`"

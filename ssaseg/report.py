@@ -1,7 +1,9 @@
 """Tables (Markdown + CSV) and plots (PNG) built from the runs' files.
 
-Per (dataset, model, classifier): the median mIoU over seeds (as the SSA paper reports), the
-per-seed values, params, GFLOPs in the papers' convention (mmcv: one multiply-add = one FLOP,
+Per (dataset, model, classifier): the mean mIoU over seeds with its sd, the per-seed values,
+the difference to ``linear`` as a paired difference with 95 % intervals across seeds and across
+test images (:mod:`ssaseg.report_analysis`, :mod:`ssaseg.statistics`; ``*`` marks an interval
+that excludes zero), params, GFLOPs in the papers' convention (mmcv: one multiply-add = one FLOP,
 attention matmuls not counted) and the full count, and latency with its conditions. When a
 published-results CSV is given, our figure, the published one and the difference stand side by
 side.
@@ -45,6 +47,7 @@ SSA_PAPER_LATENCY = (1.005, 1.02, "SSA-Seg (arXiv 2405.06525) headline: +0.5-2 %
 PAIRED_COLUMNS = ["dataset", "model", "classifier", "median_ms", "ratio", "low", "high",
                   "flops_ratio", "floor_verdict", "paper_ratio", "paper_source", "rounds",
                   "target_reached"]
+PER_IMAGE_FILE = "per_image_counts.npz"  # ssaseg.engine.evaluate.PerImageCounts
 
 
 def _unchanged(path: Path, data: bytes) -> bool:
@@ -115,20 +118,31 @@ def _conditions(c: dict) -> str:
             f"{c['device']}, warm-up {c['warmup']}, median of {c['repeats']}")
 
 
-def summarise(runs: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Median over seeds per (dataset, model, classifier), with the per-seed mIoUs listed."""
+def summarise(runs: pd.DataFrame, published: pd.DataFrame | None = None,
+              differences: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Mean and sd over seeds per (dataset, model, classifier), with the per-seed mIoUs
+    listed, and the paired difference to linear (``differences``: from
+    :func:`ssaseg.report_analysis.paired_differences`)."""
     keys = ["dataset", "model", "classifier"]
     grouped = runs.sort_values("seed").groupby(keys, sort=False)
     table = grouped.agg(
-        seeds=("seed", "count"), miou=("miou", "median"),
+        seeds=("seed", "count"), miou=("miou", "mean"), miou_sd=("miou", "std"),
         miou_per_seed=("miou", lambda s: " / ".join(f"{v:.2f}" for v in s)),
         params_m=("params_deployed_m", "first"), gflops_mmcv=("gflops_mmcv", "first"),
         gflops_full=("gflops_full", "first"), latency_ms=("latency_ms", "median"),
     ).reset_index()
-    linear = table[table.classifier == "linear"].set_index(["dataset", "model"])["miou"]
-    table["delta_vs_linear"] = [
-        row.miou - linear.get((row.dataset, row.model), math.nan) for row in table.itertuples()
-    ]
+    vs_linear = (differences[differences.reference == "linear"]
+                 if differences is not None and len(differences) else None)
+    if vs_linear is None:
+        table["delta_vs_linear"] = math.nan
+        table["delta_vs_linear_seeds"] = table["delta_vs_linear_images"] = "–"
+    else:
+        cols = {"delta_seeds": "delta_vs_linear", "delta_seeds_text": "delta_vs_linear_seeds",
+                "delta_images_text": "delta_vs_linear_images"}
+        table = table.merge(vs_linear[keys + list(cols)].rename(columns=cols), on=keys,
+                            how="left")
+        table[["delta_vs_linear_seeds", "delta_vs_linear_images"]] = table[
+            ["delta_vs_linear_seeds", "delta_vs_linear_images"]].fillna("–")
     if published is not None and len(published):
         pub = published.rename(columns={"miou": "published_miou",
                                         "latency_ms": "published_latency_ms"})
@@ -140,8 +154,9 @@ def summarise(runs: pd.DataFrame, published: pd.DataFrame | None = None) -> pd.D
 
 def _markdown(table: pd.DataFrame, conditions: list[str]) -> str:
     cols = {"dataset": "dataset", "model": "model", "classifier": "classifier",
-            "miou": "mIoU (median)", "miou_per_seed": "mIoU per seed",
-            "delta_vs_linear": "Δ vs linear", "params_m": "params (M)",
+            "miou": "mIoU (mean)", "miou_sd": "sd", "miou_per_seed": "mIoU per seed",
+            "delta_vs_linear_seeds": "Δ vs linear (seeds)",
+            "delta_vs_linear_images": "Δ vs linear (images)", "params_m": "params (M)",
             "gflops_mmcv": "GFLOPs (mmcv)", "gflops_full": "GFLOPs (full)",
             "latency_ms": "latency (ms)"}
     if "published_miou" in table:
@@ -154,7 +169,10 @@ def _markdown(table: pd.DataFrame, conditions: list[str]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     notes = [
         "",
-        "mIoU in %, median over seeds. Params: the parameters an inference pass uses "
+        "mIoU in %, mean and sd over seeds. Δ vs linear: paired difference in points with its "
+        "95 % interval, across seeds (t-interval) and across test images (paired BCa bootstrap "
+        "of the per-image intersection/union counts, 2,000 resamples, seed 0); `*` = the "
+        "interval excludes zero. Params: the parameters an inference pass uses "
         "(SSA's training-only teacher excluded, as the published tables count). GFLOPs (mmcv): the papers' convention, one multiply-add = one FLOP, "
         "attention matrix products not counted; GFLOPs (full): torch.utils.flop_counter, "
         "2 FLOPs per multiply-add, everything counted.",
@@ -319,16 +337,28 @@ def _png(fig) -> bytes:
 
 
 def build_report(run_dirs: list[Path], out_dir: Path, published_csv: Path | None = None,
-                 paired_files: list[Path] = ()) -> list[Path]:
-    """Write summary.md, summary.csv, runs.csv, paired_latency.csv and the plots; returns the
-    files that changed. ``paired_files``: the ``paired_latency.json`` of every baseline."""
+                 paired_files: list[Path] = (),
+                 train_pixels: dict[str, list[int]] | None = None,
+                 settings: dict[str, dict] | None = None) -> list[Path]:
+    """Write summary.md, summary.csv, runs.csv, paired_latency.csv, the plots and the
+    statistical sections (:mod:`ssaseg.report_analysis`); returns the files that changed.
+    ``paired_files``: the ``paired_latency.json`` of every baseline; ``train_pixels``: dataset
+    -> training pixels per class, for the split by class frequency; ``settings``: classifier
+    name -> its params, shown in the ablation table."""
+    from ssaseg.report_analysis import analysis_outputs, paired_differences
+
     runs = collect([Path(d) for d in run_dirs])
     published = pd.read_csv(published_csv) if published_csv else None
-    table = summarise(runs, published)
+    differences = paired_differences(runs)
+    table = summarise(runs, published, differences)
+    analysis_md, analysis_files = analysis_outputs(runs, train_pixels, differences=differences,
+                                                   settings=settings)
     paired = [json.loads(Path(p).read_text()) for p in paired_files]
     outputs = {
         "summary.md": (_markdown(table, runs.latency_conditions.tolist())
-                       + paired_latency_section(paired, published)).encode(),
+                       + paired_latency_section(paired, published) + "\n"
+                       + analysis_md).encode(),
+        **analysis_files,
         "paired_latency.csv": paired_latency_table(paired, published).to_csv(
             index=False, float_format="%.5f").encode(),
         "summary.csv": table.to_csv(index=False, float_format="%.4f").encode(),

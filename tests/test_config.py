@@ -143,7 +143,8 @@ def test_schema_lists_every_classifier_and_dataset_parameter_as_the_code_defines
 
     schema = load_schema()
     json_type = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
-                 "list[float] | None": ["array", "null"]}
+                 "list[float] | None": ["array", "null"], "float | None": ["number", "null"],
+                 "int | None": ["integer", "null"]}
     assert set(schema["properties"]["classifiers"]["properties"]) == set(CLASSIFIERS)
     assert set(schema["$defs"]["dataset_options"]) - {"archive"} == set(PREPARERS)
     entries = [(schema["$defs"][n], c, {"in_channels", "num_classes", "ignore_index"})
@@ -189,3 +190,19 @@ def test_layer_decay_rate_at_its_default_keeps_older_runs_hash(mini_params):
     mini_params["train"]["optimizer"]["layer_decay_rate"] = 0.9
     decayed = resolve_run(validate_params(mini_params), "synthetic", "segformer_b0", "linear", 0)
     assert decayed.config_hash() != cfg.config_hash()
+
+
+def test_a_classifier_variant_is_validated_as_its_classifier(mini_params):
+    """`ssa-no_dice` is SSA with its own parameters (an ablation, its own runs)."""
+    mini_params["classifiers"] = {"linear": {}, "ssa-no_dice": {"dice_weight": 0.0}}
+    params = validate_params(copy.deepcopy(mini_params))
+    cfg = resolve_run(params, "synthetic", "segformer_b0", "ssa-no_dice", 0)
+    assert cfg.classifier_params == {"dice_weight": 0.0}
+    assert cfg.run_dir.endswith("ssa-no_dice/seed0")
+    mini_params["classifiers"] = {"ssa-no_dice": {"dice_wieght": 0.0}}
+    with pytest.raises(ConfigError, match=r"classifiers.ssa-no_dice: Additional properties"):
+        validate_params(copy.deepcopy(mini_params), source="p.yaml")
+    mini_params["classifiers"] = {"svm-x": {}}
+    with pytest.raises(ConfigError, match=r"\('svm-x' was unexpected\); allowed: linear, ssa, "
+                                          r"protoseg, linear_control, or <one of them>-<label>"):
+        validate_params(copy.deepcopy(mini_params), source="p.yaml")

@@ -67,3 +67,38 @@ def test_val_appearance_drifts_more_than_train():
 
     train_shift = 0.08
     assert mean_abs_drift(train_shift * 2.5) > 1.8 * mean_abs_drift(train_shift) > 0
+
+
+def test_class_shift_zero_leaves_the_bytes_and_shifts_classes_per_image(tmp_path):
+    """class_shift 0 = the dataset without the knob; > 0 keeps the labels (same scenes) and
+    moves each class's mean colour by a different offset in every image."""
+    opts = dict(num_train=4, num_val=2, image_size=32, seed=2)
+    prepare_dataset("synthetic", tmp_path, tmp_path / "plain", **opts)
+    prepare_dataset("synthetic", tmp_path, tmp_path / "zero", class_shift=0.0, **opts)
+    assert _digest(tmp_path / "plain") == _digest(tmp_path / "zero")
+
+    def class_means(i, class_shift):
+        image, label = synthetic.render(np.random.default_rng([2, 1, i]), 48, 0.0, class_shift,
+                                        np.random.default_rng([2, 1, i, 1]))
+        return label, {c: image[label == c].mean(0) for c in np.unique(label)}
+
+    offsets = []
+    for i in range(6):
+        label0, clean = class_means(i, 0.0)
+        label1, shifted = class_means(i, 0.2)
+        assert np.array_equal(label0, label1)
+        offsets.append({c: shifted[c] - clean[c] for c in clean})
+    sky = [o[0] for o in offsets if 0 in o]
+    assert np.mean([np.abs(o).mean() for o in sky]) > 10  # grey levels (0-255)
+    assert np.std([o[2] for o in sky]) > 5  # each image its own offset
+    first = offsets[0]
+    assert len({round(float(v[2])) for v in first.values()}) > 1  # each class its own
+
+
+def test_val_class_shift_applies_to_the_val_split_only(tmp_path):
+    opts = dict(num_train=3, num_val=3, image_size=32, seed=1)
+    prepare_dataset("synthetic", tmp_path, tmp_path / "a", **opts)
+    prepare_dataset("synthetic", tmp_path, tmp_path / "b", val_class_shift=0.3, **opts)
+    assert _digest(tmp_path / "a" / "train") == _digest(tmp_path / "b" / "train")
+    assert _digest(tmp_path / "a" / "val" / "labels") == _digest(tmp_path / "b" / "val" / "labels")
+    assert _digest(tmp_path / "a" / "val" / "images") != _digest(tmp_path / "b" / "val" / "images")

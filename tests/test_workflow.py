@@ -11,11 +11,11 @@ from tests.conftest import REPO, miniature_params, write_params
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 
-def _snakemake(workdir, params_file, *extra):
+def _snakemake(workdir, params_file, *extra, timeout=900):
     return subprocess.run(
         [*SNAKEMAKE, "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
          "--configfile", str(params_file), "--cores", "2", *extra],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=timeout,
     )
 
 

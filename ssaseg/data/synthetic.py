@@ -9,6 +9,15 @@ Every image also gets an appearance shift (per-channel colour cast, brightness, 
 validation split draws stronger shifts than the training split (``val_shift_scale``), so test
 pixels drift away from the prototypes learnt in training: the effect SSA adapts to.
 
+``class_shift`` adds a per-image, per-class appearance shift: each image draws, for every
+class, its own offset of the base colour (N(0, class_shift) per channel), of the stripe
+amplitude (x exp(N(0, class_shift))) and of the stripe period (x exp(N(0, class_shift / 2))),
+so that a class looks different in every image: the intra-class shift SSA's premise is about.
+Those draws come from a generator of their own, (seed, split, index, 1): at ``class_shift`` 0
+the images are byte for byte those without the knob, and at any strength the scenes (labels)
+and the global shift stay those of strength 0 (a sweep over the strength changes only the
+class appearance).
+
 Same seed and options, same bytes: each image has its own generator seeded from
 (seed, split, index), and PNG files are written without timestamps.
 """
@@ -53,9 +62,10 @@ _TEXTURES = np.array(
 )
 
 
-def _texture(cls: int, yy: np.ndarray, xx: np.ndarray, phase: float) -> np.ndarray:
-    """(H, W, 3) texture of class ``cls``."""
-    r, g, b, period, angle, amp = _TEXTURES[cls]
+def _texture(cls: int, yy: np.ndarray, xx: np.ndarray, phase: float,
+             textures: np.ndarray = _TEXTURES) -> np.ndarray:
+    """(H, W, 3) texture of class ``cls`` (``textures``: this image's class statistics)."""
+    r, g, b, period, angle, amp = textures[cls]
     wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period + phase)
     return np.stack([r, g, b]).astype(np.float32)[None, None, :] + amp * wave[..., None]
 
@@ -97,17 +107,35 @@ def _scene(rng: np.random.Generator, size: int) -> np.ndarray:
     return label
 
 
+def shifted_textures(rng: np.random.Generator, class_shift: float) -> np.ndarray:
+    """One image's class statistics (K, 6): every class's colour, amplitude and period
+    offset by its own draw (see the module docstring); the base table at 0."""
+    if class_shift == 0:
+        return _TEXTURES
+    k = len(CLASSES)
+    out = _TEXTURES.copy()
+    out[:, :3] += class_shift * rng.normal(0.0, 1.0, size=(k, 3))  # colour offset
+    out[:, 5] *= np.exp(class_shift * rng.normal(0.0, 1.0, size=k))  # stripe amplitude
+    out[:, 3] *= np.exp(0.5 * class_shift * rng.normal(0.0, 1.0, size=k))  # stripe period
+    return out.astype(np.float32)
+
+
 def render(
-    rng: np.random.Generator, size: int, shift: float
+    rng: np.random.Generator, size: int, shift: float, class_shift: float = 0.0,
+    class_rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One (image uint8 (H, W, 3), label uint8 (H, W)) pair; ``shift`` scales the appearance shift."""
+    """One (image uint8 (H, W, 3), label uint8 (H, W)) pair; ``shift`` scales the global
+    appearance shift, ``class_shift`` the per-class one (drawn from ``class_rng``)."""
     label = _scene(rng, size)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     phases = rng.uniform(0, 2 * np.pi, size=len(CLASSES))
+    if class_shift and class_rng is None:
+        raise ValueError("class_shift > 0 needs its own generator (class_rng)")
+    textures = shifted_textures(class_rng, class_shift)
     image = np.zeros((size, size, 3), dtype=np.float32)
     for cls in np.unique(label):  # at most 10 classes per image; generation, not a hot path
         mask = label == cls
-        image[mask] = _texture(int(cls), yy, xx, phases[cls])[mask]
+        image[mask] = _texture(int(cls), yy, xx, phases[cls], textures)[mask]
     cast = 1.0 + shift * rng.normal(0.0, 1.0, size=3)  # per-channel colour cast
     brightness = shift * rng.normal(0.0, 0.5)
     noise = shift * abs(rng.normal(0.0, 0.3)) * rng.normal(0.0, 1.0, size=image.shape)
@@ -124,14 +152,24 @@ def prepare(
     image_size: int = 64,
     train_shift: float = 0.08,
     val_shift_scale: float = 2.5,
+    class_shift: float = 0.0,
+    val_class_shift: float | None = None,
 ) -> dict:
-    """Generate the dataset into ``out_dir`` (``raw_dir`` is unused: nothing to download)."""
+    """Generate the dataset into ``out_dir`` (``raw_dir`` is unused: nothing to download).
+    ``class_shift``: the per-image, per-class appearance shift of the training split and, unless
+    ``val_class_shift`` is given, of the validation split."""
     counts = {"train": num_train, "val": num_val}
     for key, value in counts.items():
         if value < 1:
             raise ParameterError(f"synthetic: num_{key} must be >= 1, got {value}")
     if image_size < 16:
         raise ParameterError(f"synthetic: image_size must be >= 16, got {image_size}")
+    class_shifts = {"train": class_shift,
+                    "val": class_shift if val_class_shift is None else val_class_shift}
+    for split, value in class_shifts.items():
+        if value < 0:
+            raise ParameterError(f"synthetic: the class shift of {split} must be >= 0, "
+                                 f"got {value}")
     with atomic_directory(out_dir) as tmp:
         write_meta(tmp, DatasetMeta("synthetic", CLASSES, PALETTE, IGNORE_INDEX))
         for split, count in counts.items():
@@ -140,7 +178,8 @@ def prepare(
             (tmp / split / "labels").mkdir(parents=True)
             for index in range(count):
                 rng = np.random.default_rng([seed, SPLIT_IDS[split], index])
-                image, label = render(rng, image_size, shift)
+                class_rng = np.random.default_rng([seed, SPLIT_IDS[split], index, 1])
+                image, label = render(rng, image_size, shift, class_shifts[split], class_rng)
                 Image.fromarray(image).save(tmp / split / "images" / f"{index:05d}.png")
                 Image.fromarray(label).save(tmp / split / "labels" / f"{index:05d}.png")
         manifest = write_manifest(tmp, list(counts))

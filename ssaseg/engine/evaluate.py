@@ -1,6 +1,11 @@
 """Evaluation: confusion-matrix mIoU, per-class IoU, pixel accuracy; whole-image or sliding-window
 inference, scored on the original labels as mmseg scores (tests/test_mmseg_pipeline.py checks it
-against mmseg's IoUMetric). The ignore index is excluded from every count."""
+against mmseg's IoUMetric). The ignore index is excluded from every count.
+
+Beside the dataset-wide confusion matrix, :func:`evaluate_per_image` keeps each image's
+intersection and union per class (:class:`PerImageCounts`): their sums over the images are the
+confusion matrix's diagonal and unions, and they are what the paired bootstrap over test images
+(:mod:`ssaseg.statistics`) resamples."""
 
 from __future__ import annotations
 
@@ -21,6 +26,44 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
     valid = target != ignore_index
     index = target[valid] * num_classes + pred[valid]
     return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+@dataclass
+class PerImageCounts:
+    """Per test image and class: intersection (true positives), union (truth + prediction -
+    intersection) and ground-truth pixels, each (N, K) int64; ignored pixels excluded."""
+
+    intersection: torch.Tensor  # (N, K)
+    union: torch.Tensor  # (N, K)
+    label_pixels: torch.Tensor  # (N, K)
+
+    @staticmethod
+    def rows(cm: torch.Tensor) -> torch.Tensor:
+        """One image's confusion matrix (K, K), rows = truth -> (3, K): intersection, union,
+        ground-truth pixels."""
+        tp, gt = cm.diagonal(), cm.sum(1)
+        return torch.stack([tp, gt + cm.sum(0) - tp, gt])
+
+    def save(self, path) -> None:
+        """An ``.npz`` (arrays ``intersection``, ``union``, ``label_pixels``), written atomically."""
+        import io
+
+        import numpy as np
+
+        from ssaseg import atomic_io
+
+        buf = io.BytesIO()
+        np.savez_compressed(buf, intersection=self.intersection.numpy(),
+                            union=self.union.numpy(), label_pixels=self.label_pixels.numpy())
+        atomic_io.write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path) -> PerImageCounts:
+        import numpy as np
+
+        with np.load(path) as data:
+            return cls(*(torch.from_numpy(data[k]) for k in
+                         ("intersection", "union", "label_pixels")))
 
 
 @dataclass
@@ -81,7 +124,6 @@ def slide_logits(model, image: torch.Tensor, num_classes: int, crop: tuple[int, 
     return logits / counts
 
 
-@torch.no_grad()
 def evaluate(model, dataset, device: torch.device, mode: str = "whole",
              crop: tuple[int, int] = (512, 512), stride: tuple[int, int] = (341, 341),
              num_workers: int = 0, progress: bool = False
@@ -91,15 +133,30 @@ def evaluate(model, dataset, device: torch.device, mode: str = "whole",
     labels; the logits (whole image or sliding windows) are resized bilinearly to the labels'
     size before the argmax. Images are read by ``num_workers`` DataLoader workers (pinned
     memory on CUDA), one image per batch (their sizes differ)."""
+    metrics, cm, _ = evaluate_per_image(model, dataset, device, mode, crop, stride, num_workers,
+                                        progress)
+    return metrics, cm
+
+
+@torch.no_grad()
+def evaluate_per_image(model, dataset, device: torch.device, mode: str = "whole",
+                       crop: tuple[int, int] = (512, 512), stride: tuple[int, int] = (341, 341),
+                       num_workers: int = 0, progress: bool = False
+                       ) -> tuple[SegmentationMetrics, torch.Tensor, PerImageCounts]:
+    """:func:`evaluate`, and each image's counts (:class:`PerImageCounts`, images in the
+    dataset's order); the confusion matrix is the sum of the images' matrices."""
     from tqdm import tqdm
 
     num_classes, ignore = dataset.meta.num_classes, dataset.meta.ignore_index
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
+    counts = torch.zeros(3, len(dataset), num_classes, dtype=torch.int64,
+                         device=device)  # (3, N, K)
     loader = DataLoader(dataset, batch_size=1, num_workers=num_workers,
                         pin_memory=device.type == "cuda",
                         worker_init_fn=opencv_single_threaded if num_workers else None)
     model.eval()
-    for sample in tqdm(loader, disable=not progress, desc="evaluate", mininterval=2):
+    for index, sample in enumerate(tqdm(loader, disable=not progress, desc="evaluate",
+                                        mininterval=2)):
         image = normalize(sample.image.to(device, non_blocking=True))  # (1, 3, h, w)
         label = sample.label[0].to(device, non_blocking=True).long()  # (H, W), as stored
         if mode == "slide":
@@ -107,5 +164,8 @@ def evaluate(model, dataset, device: torch.device, mode: str = "whole",
         else:
             logits = model.predict(image)
         logits = resize_logits(logits, label.shape)  # (1, K, H, W)
-        cm += confusion_matrix(logits.argmax(1)[0], label, num_classes, ignore)
-    return SegmentationMetrics.from_confusion(cm.cpu()), cm.cpu()
+        image_cm = confusion_matrix(logits.argmax(1)[0], label, num_classes, ignore)  # (K, K)
+        cm += image_cm
+        counts[:, index] = PerImageCounts.rows(image_cm)
+    cm = cm.cpu()
+    return SegmentationMetrics.from_confusion(cm), cm, PerImageCounts(*counts.cpu())

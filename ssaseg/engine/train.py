@@ -60,6 +60,7 @@ from ssaseg.models.zoo import build_segmentor
 from ssaseg.tracking import RUN_ID_FILE, NullTracker, RunTracker, device_tag, git_commit
 
 MODEL_FILE = "model.pt"
+TRAIN_COST_FILE = "train_cost.json"  # peak memory and speed of the training run
 TRAIN_LOG = "train_log.csv"
 PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL: stopped by a signal after a checkpoint; re-run to resume
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -299,6 +300,8 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
     buffers: dict[str, torch.Tensor] | None = None
 
     model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     bar = tqdm(total=cfg.train.iters, initial=start, disable=not progress, dynamic_ncols=True,
                desc=cfg.run_name, mininterval=2.0)
     started = time.perf_counter()
@@ -373,6 +376,9 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(history)
+    cost = training_cost(cfg, device, elapsed, cfg.train.iters - start)
+    atomic_io.write_json(run_dir / TRAIN_COST_FILE, cost)  # before model.pt marks the run done
+    tracker.log_metrics({"train_peak_memory_mb": cost["peak_memory_mb"]}, step=cfg.train.iters)
     model_path = run_dir / MODEL_FILE
     checkpoint.save(model_path, {"model": raw_model.state_dict(), "config": cfg.to_dict(),
                                  "num_classes": meta.num_classes,
@@ -383,6 +389,27 @@ def _train_loop(cfg, model, optimizer, scaler, dtype, dataset, device, start, hi
     tracker.log_artifact(log_path)
     distributed.barrier()
     return model_path
+
+
+def training_cost(cfg: RunConfig, device: torch.device, seconds: float, iterations: int
+                  ) -> dict:
+    """Peak memory of this training process (CUDA: peak allocated by the caching allocator on
+    ``device`` since the loop started; CPU: the process's peak resident set, imports and data
+    included) and its speed, with the conditions. A resumed run counts its last session."""
+    import resource
+
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "cuda max_memory_allocated"
+        name = torch.cuda.get_device_name(device)
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        kind, name = "process peak RSS (CPU)", f"cpu, {torch.get_num_threads()} threads"
+    return {"peak_memory_mb": peak, "peak_memory_kind": kind,
+            "seconds_per_iter": seconds / iterations if iterations else None,
+            "iterations_timed": iterations,
+            "conditions": {"batch_size": cfg.train.batch_size,
+                           "crop_size": list(cfg.dataset.crop_size), "amp": cfg.train.amp,
+                           "device": name, "gpus": cfg.train.gpus}}
 
 
 def load_trained(model_path: str | Path, device: torch.device):

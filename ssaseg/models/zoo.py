@@ -229,6 +229,9 @@ def build_segmentor(
     from ssaseg.models.heads import HEADS
     from ssaseg.models.segmentor import MaskClassificationSegmentor, Segmentor
 
+    from ssaseg.config import classifier_kind
+
+    classifier = classifier_kind(classifier)  # a variant (ssa-no_dice) builds its classifier
     spec = model_spec(model)
     backbone = BACKBONES[spec.backbone](weights=weights, **spec.backbone_kwargs)
     head = HEADS[spec.head](

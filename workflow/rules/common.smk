@@ -38,7 +38,7 @@ RUN_ARGS = (
 wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
     model="[A-Za-z0-9_]+",
-    classifier="[A-Za-z0-9_]+",
+    classifier="[A-Za-z0-9_-]+",  # <classifier> or a variant, <classifier>-<label>
     seed="[0-9]+",
 
 
@@ -107,6 +107,33 @@ def released_outputs():
         for m, classifiers in models.items()
         for c in classifiers
     ]
+
+
+ANALYSIS = PARAMS["analysis"]  # issue 17's analyses (analysis.smk)
+
+
+def analysis_runs(pattern, every_seed=False):
+    """`pattern` for the runs the analyses cover: classifiers in analysis.classifiers and,
+    unless ``every_seed``, seeds in analysis.seeds (null = all)."""
+    seeds = ANALYSIS["seeds"]
+    return [
+        pattern.format(dataset=d, model=m, classifier=c, seed=s)
+        for d, m, c, s in all_runs(PARAMS)
+        if c in ANALYSIS["classifiers"] and (every_seed or seeds is None or s in seeds)
+    ]
+
+
+def analysis_targets():
+    """Every analysis output the params switch on (inputs of the report)."""
+    targets = []
+    if ANALYSIS["shift_sweep"] and "synthetic" in PARAMS["datasets"]:
+        targets += [t for t in analysis_runs(rules.evaluate_shift.output.sweep, every_seed=True)
+                    if "/synthetic/" in t]
+    if ANALYSIS["corruptions"]:
+        targets += analysis_runs(rules.evaluate_corruptions.output.table)
+    if ANALYSIS["probes"]:
+        targets += analysis_runs(rules.probe_model.output.summary)
+    return targets
 
 
 def get_final_output():

@@ -13,6 +13,7 @@ rule evaluate_model:
     output:
         metrics=f"{RUN}/eval.json",
         per_class=f"{RUN}/per_class_iou.csv",
+        per_image=f"{RUN}/per_image_counts.npz",  # the image bootstrap resamples these
     params:
         settings=run_settings("evaluate"),
     log:

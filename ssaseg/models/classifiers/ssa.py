@@ -254,24 +254,8 @@ class SSAClassifier(nn.Module):
         with_teacher = self.training and labels is not None
         # no autograd and no teacher: intermediate buffers may be overwritten in place
         in_place = not (torch.is_grad_enabled() or with_teacher)
-        coarse = self.coarse(feature).logits  # (B, K, h, w), dropout inside in training
+        coarse, position, pixels, sem, pos, centers = self.student(feature, in_place)
         weight = self.prototypes  # (K, C)
-        flat_coarse = coarse.flatten(2)  # (B, K, hw)
-
-        # student: adapted semantic and spatial prototypes
-        if self.use_sppa:
-            position = self.position_conv(feature)  # (B, C, h, w)
-            pos = self._student_position(flat_coarse, position)  # (B, K, C) or (K, C)
-            pixels = position.add_(feature) if in_place else feature + position  # (B, C, h, w)
-        else:
-            position, pos = None, None
-            pixels = feature
-        if self.use_sepa:
-            sem_centers = soft_class_means(feature.flatten(2), flat_coarse.softmax(1))  # (B, K, C)
-            sem = self.sem_mlp(torch.cat([sem_centers, weight.expand(batch, -1, -1)], -1))
-        else:
-            sem = weight  # (K, C), the fixed prototypes
-        centers = self.center_proj(sem if pos is None else sem + pos)  # (B, K, C) or (K, C)
 
         if not with_teacher:
             return ClassifierOutput(cosine_logits(pixels, [centers], self.temperature)[0])
@@ -308,6 +292,32 @@ class SSAClassifier(nn.Module):
             coarse, logits, teacher_logits, labels, small_labels, sem, gt_sem, pos, gt_pos
         )
         return ClassifierOutput(logits, losses)
+
+    def student(self, feature: torch.Tensor, in_place: bool = False) -> tuple:
+        """The student path on feature (B, C, h, w): (coarse mask (B, K, h, w), position
+        feature P (B, C, h, w) or None, the classified pixels F + P (B, C, h, w), semantic
+        prototypes ``sem`` (B, K, C) (or W (K, C) without SEPA), spatial prototypes ``pos``
+        (B, K, C) (the basis (K, C) when not adaptive, None without SPPA), and the centres the
+        pixels are compared with (B, K, C) or (K, C)). ``in_place``: P's buffer becomes F + P
+        (no autograd, P not needed afterwards)."""
+        batch = feature.shape[0]
+        coarse = self.coarse(feature).logits  # (B, K, h, w), dropout inside in training
+        weight = self.prototypes  # (K, C)
+        flat_coarse = coarse.flatten(2)  # (B, K, hw)
+        if self.use_sppa:
+            position = self.position_conv(feature)  # (B, C, h, w)
+            pos = self._student_position(flat_coarse, position)  # (B, K, C) or (K, C)
+            pixels = position.add_(feature) if in_place else feature + position  # (B, C, h, w)
+        else:
+            position, pos = None, None
+            pixels = feature
+        if self.use_sepa:
+            sem_centers = soft_class_means(feature.flatten(2), flat_coarse.softmax(1))  # (B, K, C)
+            sem = self.sem_mlp(torch.cat([sem_centers, weight.expand(batch, -1, -1)], -1))
+        else:
+            sem = weight  # (K, C), the fixed prototypes
+        centers = self.center_proj(sem if pos is None else sem + pos)  # (B, K, C) or (K, C)
+        return coarse, position, pixels, sem, pos, centers
 
     def _student_position(self, flat_coarse: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         """SPPA: (B, K, C) spatial prototypes (or the (K, C) basis alone when not adaptive)."""
