@@ -227,3 +227,19 @@ def test_dry_run_without_a_second_classifier_has_no_paired_job(tmp_path):
     out = _dry_run(tmp_path, ["linear"])
     assert not _rule_blocks(out, "profile_paired_latency")
     assert "paired_latency.json" not in out
+
+
+def test_the_plot_places_each_run_at_its_paired_latency_where_measured():
+    from ssaseg.report import plot_latency
+
+    table = pd.DataFrame({"dataset": ["d"] * 3, "model": ["a", "a", "b"],
+                          "classifier": ["linear", "ssa", "linear"],
+                          "latency_ms": [100.0, 90.0, 50.0]})  # per-run jobs: ssa "faster"
+    paired = pd.DataFrame({"dataset": ["d", "d"], "model": ["a", "a"],
+                           "classifier": ["linear", "ssa"], "median_ms": [101.0, 108.0]})
+    latency, label = plot_latency(table, paired)
+    assert latency == [101.0, 108.0, 50.0] and "where measured" in label
+    latency, label = plot_latency(table.iloc[:2], paired)
+    assert latency == [101.0, 108.0] and label.startswith("latency (ms, paired median")
+    latency, label = plot_latency(table, None)
+    assert latency == [100.0, 90.0, 50.0] and "own job" in label
